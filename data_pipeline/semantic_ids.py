@@ -1,0 +1,188 @@
+"""Semantic IDs by balanced residual k-means (OneRec, Algorithm 1).
+
+Level 1 clusters the item embeddings into K clusters of equal size; each item's residual
+(embedding minus its centroid) is clustered again at level 2, and so on for L levels.
+Balance matters: with plain k-means a few huge clusters would make their codes carry
+little information and the decoder's first steps easy but useless.
+
+Balanced assignment follows the paper: clusters, in turn, take the ``N / K`` nearest
+items not yet taken; centroids are then re-estimated, until assignments settle. (The
+turn order is shuffled each iteration so that no cluster always picks last.)
+
+Items whose L codes collide get one more code, their rank inside the collision group,
+so that item ↔ code tuple is one-to-one. That level is added only when collisions exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SemanticIdConfig:
+    """Attributes:
+        levels: L, residual k-means levels.
+        codebook_size: K, codes per level (capped at the number of items).
+        iterations: maximum balanced k-means iterations per level.
+        tolerance: stop once fewer than this share of items change cluster.
+        seed: initial centroids and turn order.
+    """
+
+    levels: int = 3
+    codebook_size: int = 256
+    iterations: int = 20
+    tolerance: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.levels < 1:
+            raise ValueError(f"semantic_ids.levels must be >= 1, got {self.levels}")
+        if self.codebook_size < 2:
+            raise ValueError(f"semantic_ids.codebook_size must be >= 2, got {self.codebook_size}")
+
+
+@dataclass
+class SemanticIds:
+    """Attributes:
+        codes: ``[num_items, num_levels]`` int64; the last column is the dedup level
+            when ``dedup_level`` is True.
+        codebook_sizes: codes per level (the dedup level's is the largest collision group).
+        centroids: one ``[K, dim]`` array per k-means level.
+        report: codebook usage, balance and collisions.
+    """
+
+    codes: np.ndarray
+    codebook_sizes: list[int]
+    centroids: list[np.ndarray]
+    dedup_level: bool
+    report: dict[str, object] = field(default_factory=dict)
+
+
+def balanced_sizes(n: int, k: int) -> np.ndarray:
+    """Cluster sizes that differ by at most one and sum to ``n``."""
+    sizes = np.full(k, n // k, dtype=np.int64)
+    sizes[: n % k] += 1
+    return sizes
+
+
+def squared_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """``[N, K]`` squared Euclidean distances, column-major for fast per-cluster reads."""
+    d = (x * x).sum(1, keepdims=True) - 2.0 * (x @ centroids.T) + (centroids * centroids).sum(1)[None, :]
+    return np.asfortranarray(d)
+
+
+def balanced_assign(distances: np.ndarray, sizes: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Each cluster in ``order`` takes its ``sizes[j]`` nearest items still free.
+
+    Args:
+        distances: ``[N, K]``.
+        sizes: ``[K]``, summing to N.
+        order: the turn order, a permutation of ``range(K)``.
+
+    Returns:
+        ``[N]`` cluster of each item.
+    """
+    n = distances.shape[0]
+    assignment = np.empty(n, dtype=np.int64)
+    free = np.arange(n)
+    for j in order:
+        take = int(sizes[j])
+        if take == 0:
+            continue
+        if take >= free.size:
+            assignment[free] = j
+            free = free[:0]
+            break
+        column = distances[free, j]
+        chosen = np.argpartition(column, take - 1)[:take]
+        assignment[free[chosen]] = j
+        keep = np.ones(free.size, dtype=bool)
+        keep[chosen] = False
+        free = free[keep]
+    return assignment
+
+
+def balanced_kmeans(
+    x: np.ndarray, k: int, iterations: int, tolerance: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Balanced k-means of ``x [N, d]`` into ``k`` equal clusters.
+
+    Returns:
+        ``(assignment [N], centroids [k, d], iterations run)``.
+    """
+    n = x.shape[0]
+    sizes = balanced_sizes(n, k)
+    centroids = x[rng.choice(n, size=k, replace=False)].astype(np.float64)
+    assignment = np.full(n, -1, dtype=np.int64)
+    ran = 0
+    for ran in range(1, iterations + 1):
+        new = balanced_assign(squared_distances(x, centroids), sizes, rng.permutation(k))
+        changed = float(np.mean(new != assignment))
+        assignment = new
+        counts = np.bincount(assignment, minlength=k)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, assignment, x)
+        centroids = sums / np.maximum(counts, 1)[:, None]
+        if changed < tolerance:
+            break
+    return assignment, centroids, ran
+
+
+def dedup_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each item: its rank among the items sharing its code tuple (0 for the first)
+    and the size of that group. ``codes [N, L]`` → ``([N], [N])``."""
+    _, group = np.unique(codes, axis=0, return_inverse=True)
+    group = group.ravel()
+    order = np.argsort(group, kind="stable")
+    group_sizes = np.bincount(group)
+    first_of_group = np.repeat(np.cumsum(group_sizes) - group_sizes, group_sizes)
+    rank = np.empty_like(group)
+    rank[order] = np.arange(group.size) - first_of_group
+    return rank, group_sizes[group]
+
+
+def build_semantic_ids(embeddings: np.ndarray, cfg: SemanticIdConfig) -> SemanticIds:
+    """Residual balanced k-means codes for ``embeddings [N, d]``, made one-to-one."""
+    n = embeddings.shape[0]
+    if n < 2:
+        raise ValueError(f"semantic IDs need at least 2 items, got {n}")
+    k = min(cfg.codebook_size, n)
+    rng = np.random.default_rng(cfg.seed)
+    residual = embeddings.astype(np.float64)
+    codes, centroids, report_levels = [], [], []
+    for level in range(cfg.levels):
+        assignment, level_centroids, ran = balanced_kmeans(residual, k, cfg.iterations, cfg.tolerance, rng)
+        codes.append(assignment)
+        centroids.append(level_centroids.astype(np.float32))
+        residual = residual - level_centroids[assignment]
+        sizes = np.bincount(assignment, minlength=k)
+        report_levels.append(
+            {
+                "level": level,
+                "codes_used": int((sizes > 0).sum()),
+                "codebook_size": k,
+                "min_cluster": int(sizes.min()),
+                "max_cluster": int(sizes.max()),
+                "iterations": ran,
+                "residual_norm": float(np.linalg.norm(residual, axis=1).mean()),
+            }
+        )
+    code_matrix = np.stack(codes, axis=1)
+    rank, group_size = dedup_codes(code_matrix)
+    shared = int((group_size > 1).sum())
+    sizes = [k] * cfg.levels
+    dedup = shared > 0
+    if dedup:
+        code_matrix = np.concatenate([code_matrix, rank[:, None]], axis=1)
+        sizes.append(int(rank.max()) + 1)
+    report = {
+        "levels": report_levels,
+        "items": n,
+        "items_sharing_a_tuple": shared,
+        "collision_rate": shared / n,
+        "largest_collision_group": int(rank.max()) + 1,
+        "dedup_level": dedup,
+    }
+    return SemanticIds(codes=code_matrix, codebook_sizes=sizes, centroids=centroids, dedup_level=dedup, report=report)

@@ -1,0 +1,62 @@
+"""Multi-head attention on torch's fused ``scaled_dot_product_attention``.
+
+Keys and values are projected separately from queries so that a decoder can project the
+encoder's memory once per generation and grow a self-attention KV cache step by step.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MultiHeadAttention(nn.Module):
+    """Args:
+        d_model: model width D.
+        num_heads: H; each head has D / H dimensions.
+        dropout: attention-probability dropout (training only).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.dropout = dropout
+        self.query = nn.Linear(d_model, d_model)
+        self.key_value = nn.Linear(d_model, 2 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+
+    def project_kv(self, source: Tensor) -> Tuple[Tensor, Tensor]:
+        """``source [B, S, D]`` → keys and values ``[B, H, S, Dh]``."""
+        k, v = self.key_value(source).chunk(2, dim=-1)
+        return self._split(k), self._split(v)
+
+    def attend(self, x: Tensor, keys: Tensor, values: Tensor, mask: Optional[Tensor], is_causal: bool) -> Tensor:
+        """Queries from ``x [B, T, D]`` over ``keys/values [B, H, S, Dh]``.
+
+        Args:
+            mask: bool, broadcastable to ``[B, H, T, S]``; True = may attend.
+            is_causal: token t attends to keys 0..t only (T == S).
+        """
+        q = self._split(self.query(x))
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        b, _, t, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+    def forward(self, x: Tensor, source: Tensor, mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        keys, values = self.project_kv(source)
+        return self.attend(x, keys, values, mask, is_causal)
+
+
+def key_padding_mask(lengths: Tensor, max_len: int) -> Tensor:
+    """``lengths [B]`` → bool ``[B, 1, 1, max_len]``, True on real (non-padded) keys."""
+    positions = torch.arange(max_len, device=lengths.device)
+    return (positions[None, :] < lengths[:, None])[:, None, None, :]

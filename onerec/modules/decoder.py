@@ -1,0 +1,117 @@
+"""The session decoder: causal self-attention, cross-attention to the history, sparse MoE.
+
+Training runs the whole teacher-forced session at once (:meth:`SessionDecoder.forward`);
+generation runs one token at a time with a self-attention KV cache and cross-attention
+keys projected once (:meth:`SessionDecoder.step`). Both paths share every weight, and a
+test checks that stepping reproduces the full forward pass.
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from onerec.modules.attention import MultiHeadAttention
+from onerec.modules.moe import MoEArguments, build_moe
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: self-attention, cross-attention, mixture-of-experts FFN."""
+
+    def __init__(self, d_model: int, num_heads: int, moe_args: MoEArguments, dropout: float) -> None:
+        super().__init__()
+        self.self_norm = nn.LayerNorm(d_model)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.cross_norm = nn.LayerNorm(d_model)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout)
+        self.ffn_norm = nn.LayerNorm(d_model)
+        self.moe = build_moe(moe_args)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, memory_k: Tensor, memory_v: Tensor, memory_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """``x [B, T, D]``; memory keys/values ``[B, H, S, Dh]``; ``memory_mask [B, 1, 1, S]``.
+
+        Returns the new ``x`` and this layer's load-balancing loss (a scalar).
+        """
+        h = self.self_norm(x)
+        x = x + self.dropout(self.self_attn(h, h, None, True))
+        h = self.cross_norm(x)
+        x = x + self.dropout(self.cross_attn.attend(h, memory_k, memory_v, memory_mask, False))
+        h, balance_loss = self.moe(self.ffn_norm(x))
+        return x + self.dropout(h), balance_loss
+
+    def step(
+        self, x: Tensor, self_k: Tensor, self_v: Tensor, memory_k: Tensor, memory_v: Tensor, memory_mask: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """One new token ``x [N, 1, D]`` given cached keys/values ``[N, H, t, Dh]``.
+
+        Returns the new ``x`` and the caches grown to ``t + 1``.
+        """
+        h = self.self_norm(x)
+        k, v = self.self_attn.project_kv(h)
+        self_k = torch.cat([self_k, k], dim=2)
+        self_v = torch.cat([self_v, v], dim=2)
+        x = x + self.self_attn.attend(h, self_k, self_v, None, False)
+        h = self.cross_norm(x)
+        x = x + self.cross_attn.attend(h, memory_k, memory_v, memory_mask, False)
+        h, _ = self.moe(self.ffn_norm(x))
+        return x + h, self_k, self_v
+
+
+class SessionDecoder(nn.Module):
+    """A stack of :class:`DecoderLayer` and a final LayerNorm."""
+
+    def __init__(self, d_model: int, num_heads: int, num_layers: int, moe_args: MoEArguments, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = d_model // num_heads
+        self.layers = nn.ModuleList([DecoderLayer(d_model, num_heads, moe_args, dropout) for _ in range(num_layers)])
+        self.norm = nn.LayerNorm(d_model)
+
+    def memory_kv(self, memory: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
+        """Cross-attention keys and values of every layer, ``[B, H, S, Dh]`` each."""
+        keys: List[Tensor] = []
+        values: List[Tensor] = []
+        for layer in self.layers:
+            k, v = layer.cross_attn.project_kv(memory)
+            keys.append(k)
+            values.append(v)
+        return keys, values
+
+    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor) -> Tuple[Tensor, Tensor]:
+        """Teacher-forced pass: ``x [B, T, D]``, ``memory [B, S, D]`` → ``([B, T, D], loss)``."""
+        balance_loss = torch.zeros((), device=x.device, dtype=torch.float32)
+        for layer in self.layers:
+            k, v = layer.cross_attn.project_kv(memory)
+            x, layer_loss = layer(x, k, v, memory_mask)
+            balance_loss = balance_loss + layer_loss.float()
+        return self.norm(x), balance_loss
+
+    def empty_cache(self, n: int, device: torch.device, dtype: torch.dtype) -> Tuple[List[Tensor], List[Tensor]]:
+        """Zero-length self-attention caches for ``n`` sequences."""
+        shape = (n, self.num_heads, 0, self.head_dim)
+        keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        values = [torch.zeros(shape, device=device, dtype=dtype) for _ in self.layers]
+        return keys, values
+
+    def step(
+        self,
+        x: Tensor,
+        self_keys: List[Tensor],
+        self_values: List[Tensor],
+        memory_keys: List[Tensor],
+        memory_values: List[Tensor],
+        memory_mask: Tensor,
+    ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+        """One token per sequence: ``x [N, 1, D]`` → ``([N, 1, D], grown caches)``."""
+        new_keys: List[Tensor] = []
+        new_values: List[Tensor] = []
+        i = 0
+        for layer in self.layers:
+            x, k, v = layer.step(x, self_keys[i], self_values[i], memory_keys[i], memory_values[i], memory_mask)
+            new_keys.append(k)
+            new_values.append(v)
+            i += 1
+        return self.norm(x), new_keys, new_values

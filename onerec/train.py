@@ -1,0 +1,297 @@
+"""``onerec-train``: next-token-prediction training of the generative model.
+
+    onerec-train data_dir=BUNDLE run_dir=RUN [model=tiny|small|base] [experiment=NAME]
+                 [trainer.max_steps=N] [resume=true]
+
+Reads top to bottom: set-up → (resume) → loop of steps with periodic validation and
+checkpoints → summary. Each step's batch is a function of (seed, step) alone, and the
+checkpoint holds every RNG state, so ``resume=true`` after a kill continues exactly where
+an uninterrupted run would be.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from data_pipeline.bundle import Bundle
+from onerec.checkpoint import (
+    BEST,
+    LAST,
+    build_model,
+    load_checkpoint,
+    restore_rng,
+    rng_state,
+    save_atomic,
+    save_run_config,
+    session_length_of,
+)
+from onerec.config import TrainConfig, TrainerConfig
+from onerec.data import BatchBuilder, ExampleSet, epoch_order, iterate_batches
+from onerec.generate import SessionGenerator
+from onerec.losses import ntp_loss
+from onerec.model import OneRec
+from onerec.ranking import evaluate_rankings, rank_items
+from onerec.run_log import RunLogger, truncate_metrics
+from onerec.trie import SemanticIdTrie
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda but no CUDA device is available; use trainer.device=cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on GPU by default; full fp32 on CPU (bf16 matmuls are slow there)."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return None
+    raise ValueError(f"trainer.precision={precision!r}; expected auto, bf16 or fp32")
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    """AdamW; biases, norms and embedding tables are not weight-decayed (standard practice:
+    decay on them shrinks rare items' vectors toward zero)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or "embeddings" in name or "position" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
+    warmup = max(1, cfg.warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_metric: float = -1.0
+    best_step: int = -1
+    bad_validations: int = 0
+
+
+class Trainer:
+    """One NTP training run (single process; see :mod:`onerec.distributed` for torchrun)."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        tcfg = cfg.trainer
+        if tcfg.threads > 0:
+            torch.set_num_threads(tcfg.threads)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.device = pick_device(tcfg.device)
+        self.amp_dtype = autocast_dtype(tcfg.precision, self.device)
+        self.run_dir = Path(cfg.run_dir).expanduser()
+        self.bundle = Bundle.open(cfg.data_dir)
+        self.session_length = session_length_of(cfg, self.bundle)
+        self.builder = BatchBuilder.for_bundle(self.bundle, cfg.model.history_item_embedding, cfg.model.user_embedding_buckets)
+        self.train_set = ExampleSet(self.bundle.split("train"), cfg.model.max_history, self.session_length)
+        self.valid_set = ExampleSet(self.bundle.split("valid"), cfg.model.max_history, self.session_length)
+        if len(self.train_set) < tcfg.batch_size:
+            raise ValueError(
+                f"{len(self.train_set)} training examples is fewer than trainer.batch_size={tcfg.batch_size}; lower it"
+            )
+        self.trie = SemanticIdTrie.from_codes(self.bundle.codes, self.bundle.codebook_sizes)
+        self.item_codes = torch.as_tensor(self.bundle.codes)
+        self.model: OneRec = build_model(cfg, self.bundle, self.session_length).to(self.device)
+        self.steps_per_epoch = len(self.train_set) // tcfg.batch_size
+        self.total_steps = tcfg.max_steps if tcfg.max_steps > 0 else tcfg.max_epochs * self.steps_per_epoch
+        self.eval_every = tcfg.eval_every if tcfg.eval_every > 0 else self.steps_per_epoch
+        self.optimizer = make_optimizer(self.model, tcfg)
+        self.scheduler = make_scheduler(self.optimizer, tcfg, self.total_steps)
+        self.state = TrainState()
+        self.logger: RunLogger | None = None
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint(self, name: str) -> None:
+        save_atomic(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "state": self.state.__dict__,
+                "rng": rng_state(),
+                "step": self.state.step,
+            },
+            self.run_dir / name,
+        )
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.run_dir / LAST)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state = TrainState(**state["state"])
+        restore_rng(state["rng"])
+        truncate_metrics(self.run_dir, self.state.step)
+        log.info("resumed from %s at step %d", self.run_dir / LAST, self.state.step)
+
+    # ------------------------------------------------------------ validation
+    def validate(self) -> dict[str, float]:
+        self.model.eval()
+        generator = SessionGenerator(self.model, self.trie, self.item_codes.to(self.device))
+        rankings = rank_items(
+            generator,
+            self.builder,
+            self.valid_set,
+            top_k=10,
+            beam_size=self.cfg.generation.beam_size,
+            batch_size=self.cfg.generation.batch_size,
+            limit=self.cfg.trainer.eval_users,
+            device=self.device,
+        )
+        self.model.train()
+        return evaluate_rankings(rankings, self.valid_set)
+
+    # ------------------------------------------------------------ training
+    def train_step(self, batch: Any) -> dict[str, float]:
+        batch = batch.to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            output = self.model(batch)
+            ntp = ntp_loss(output.logits, batch.target_codes)
+            loss = ntp + output.balance_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.cfg.moe.balancing == "loss_free":
+            for layer in self.model.moe_layers():
+                layer.update_routing_bias()
+        return {
+            "loss": loss.item(),
+            "ntp": ntp.item(),
+            "balance": output.balance_loss.item(),
+            "grad_norm": float(grad_norm),
+        }
+
+    def run(self) -> dict[str, Any]:
+        cfg, tcfg = self.cfg, self.cfg.trainer
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume and (self.run_dir / LAST).is_file():
+            self.resume()
+        elif cfg.resume:
+            log.info("resume=true but %s has no %s: starting fresh", self.run_dir, LAST)
+        save_run_config(cfg, self.run_dir)
+        self.logger = RunLogger(self.run_dir)
+        self.model.train()
+        bar = tqdm(
+            total=self.total_steps, initial=self.state.step, desc="onerec-train", unit="step", disable=not tcfg.show_progress
+        )
+        tokens = examples = 0
+        clock = time.perf_counter()
+        stopped_early = False
+        while self.state.step < self.total_steps and not stopped_early:
+            epoch, first = divmod(self.state.step, self.steps_per_epoch)
+            order = epoch_order(len(self.train_set), cfg.seed, epoch)
+            for batch in iterate_batches(self.builder, self.train_set, order, tcfg.batch_size, first):
+                metrics = self.train_step(batch)
+                self.state.step += 1
+                tokens += int(batch.history_lengths.sum()) + batch.target_codes.numel() + batch.target_items.numel()
+                examples += batch.size
+                bar.update(1)
+                if self.state.step % tcfg.log_every == 0 or self.state.step == self.total_steps:
+                    elapsed = max(time.perf_counter() - clock, 1e-9)
+                    metrics.update(lr=self.scheduler.get_last_lr()[0], tokens_per_s=tokens / elapsed, examples_per_s=examples / elapsed, epoch=epoch)
+                    bar.set_postfix(loss=f"{metrics['loss']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    self.logger.log(self.state.step, "train", metrics)
+                    tokens = examples = 0
+                    clock = time.perf_counter()
+                if self.state.step % self.eval_every == 0 or self.state.step == self.total_steps:
+                    stopped_early = self.after_validation(self.validate())
+                    clock = time.perf_counter()
+                if self.state.step % tcfg.checkpoint_every == 0:
+                    self.checkpoint(LAST)
+                if self.state.step >= self.total_steps or stopped_early:
+                    break
+        self.checkpoint(LAST)
+        if not (self.run_dir / BEST).is_file():
+            self.checkpoint(BEST)
+        bar.close()
+        self.logger.close()
+        summary = {
+            "run_dir": str(self.run_dir),
+            "steps": self.state.step,
+            "best_step": self.state.best_step,
+            "best_valid_recall@10": self.state.best_metric,
+            "stopped_early": stopped_early,
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def after_validation(self, metrics: dict[str, float]) -> bool:
+        """Log, keep the best weights, and say whether to stop early."""
+        assert self.logger is not None
+        self.logger.log(self.state.step, "valid", metrics)
+        log.info("step %d valid %s", self.state.step, {k: round(v, 4) for k, v in metrics.items()})
+        if metrics["recall@10"] > self.state.best_metric:
+            self.state.best_metric = metrics["recall@10"]
+            self.state.best_step = self.state.step
+            self.state.bad_validations = 0
+            self.checkpoint(BEST)
+        else:
+            self.state.bad_validations += 1
+        self.checkpoint(LAST)
+        patience = self.cfg.trainer.patience
+        return patience > 0 and self.state.bad_validations >= patience
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    return Trainer(cfg).run()
+
+
+# --------------------------------------------------------------------------- CLI
+def main() -> None:
+    import hydra
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig, OmegaConf
+
+    from data_pipeline.cli import CONF_DIR, clear_errors, setup_logging
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+    @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+    @clear_errors("onerec-train")
+    def run(cfg: DictConfig) -> None:
+        setup_logging()
+        summary = train(OmegaConf.to_object(cfg))  # type: ignore[arg-type]
+        print(json.dumps(summary, indent=2))
+
+    run()
+
+
+if __name__ == "__main__":
+    main()
