@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 USER_ERROR_EXIT = 2
@@ -42,6 +43,10 @@ def clear_errors(command: str) -> Callable[[F], F]:
                 return fn(*args, **kwargs)
             except user_errors() as err:
                 print(f"{command}: error: {err}", file=sys.stderr)
+                sys.exit(USER_ERROR_EXIT)
+            except MissingMandatoryValue as err:  # a `???` left unset, e.g. data.path
+                print(f"{command}: error: no value for {err.full_key}: set it on the command line, "
+                      f"e.g. {err.full_key}=...", file=sys.stderr)
                 sys.exit(USER_ERROR_EXIT)
 
         return run  # type: ignore[return-value]

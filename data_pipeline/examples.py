@@ -61,7 +61,12 @@ def build_examples(
     """
     labels = [c for c in LABEL_COLUMNS if c in events.columns]
     targets = (
-        events.join(sessions.filter(pl.col("split").is_not_null()).select("session_idx", "split"), on="session_idx")
+        # maintain_order: a session's first m positives are taken in time order below.
+        events.join(
+            sessions.filter(pl.col("split").is_not_null()).select("session_idx", "split"),
+            on="session_idx",
+            maintain_order="left",
+        )
         .filter(pl.col("positive"))
         .group_by("session_idx", maintain_order=True)
         .agg(

@@ -6,9 +6,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from data_pipeline.schema import (
+    OPTIONAL_COLUMNS,
     REJECT_REASON,
     ROW_NUMBER,
     ValidationReport,
@@ -45,17 +47,66 @@ def _rejects_as_raw_json(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.select(pl.col(ROW_NUMBER).cast(pl.Int64), pl.col(REJECT_REASON), raw.alias("raw"))
 
 
+def _duplicate_mask(interactions: pl.DataFrame) -> pl.Series:
+    """True for each repeat of an earlier (user, item, timestamp) event.
+
+    ``interactions`` is sorted by user, time and row number, so an event can only repeat
+    another inside a run of equal (user, timestamp); only those few rows are compared.
+    """
+    same_time = (pl.col("user_idx") == pl.col("user_idx").shift(1)) & (
+        pl.col("timestamp") == pl.col("timestamp").shift(1)
+    )
+    positions = interactions.select(
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("position"),
+        "user_idx",
+        "item_idx",
+        "timestamp",
+        (same_time | same_time.shift(-1)).fill_null(False).alias("tied"),
+    ).filter(pl.col("tied"))
+    repeats = positions.filter(~pl.struct("user_idx", "item_idx", "timestamp").is_first_distinct())
+    mask = np.zeros(interactions.height, dtype=bool)
+    mask[repeats["position"].to_numpy()] = True
+    return pl.Series("duplicate", mask)
+
+
+def _index(ids: pl.LazyFrame, column: str, index: str) -> pl.LazyFrame:
+    """``index, column``: the distinct ids in sorted order, numbered from 0 (Int32)."""
+    return ids.select(pl.col(column).unique().sort()).with_row_index(index).with_columns(pl.col(index).cast(pl.Int32))
+
+
 def ingest(source: SourceData, max_reject_share: float) -> Ingested:
     """Validate, deduplicate and index a source's interactions.
 
-    Exact duplicate events (same user, item and timestamp) are kept once; the extra copies
-    are rejected with reason ``duplicate_event`` so that the row count always adds up.
+    Exact duplicate events (same user, item and timestamp) are kept once (the first in
+    the source); the extra copies are rejected with reason ``duplicate_event`` so that
+    the row count always adds up.
     """
     clean_lazy, rejects_lazy = validate(source.interactions, source.columns)
     clean, rejects = pl.collect_all([clean_lazy, rejects_lazy])
-    duplicated = clean.select(pl.struct("user_id", "item_id", "timestamp").is_first_distinct()).to_series()
-    duplicates = clean.filter(~duplicated)
-    clean = clean.filter(duplicated)
+
+    users = _index(clean.lazy(), "user_id", "user_idx")
+    items = _index(clean.lazy(), "item_id", "item_idx")
+    # One lazy plan for the index tables, the joins on string ids and the sort: on a 10M-row
+    # log it takes about half the time of the same steps run eagerly.
+    users, items, interactions = pl.collect_all(
+        [
+            users,
+            items,
+            clean.lazy()
+            .join(users, on="user_id")
+            .join(items, on="item_id")
+            .drop("user_id", "item_id")
+            .sort("user_idx", "timestamp", ROW_NUMBER),
+        ]
+    )
+    duplicated = _duplicate_mask(interactions)
+    duplicates = (
+        interactions.filter(duplicated)
+        .join(users, on="user_idx")
+        .join(items, on="item_idx")
+        .select(ROW_NUMBER, *source.columns)
+    )
+    interactions = interactions.filter(~duplicated)
 
     reject_parts = [_rejects_as_raw_json(rejects)]
     if duplicates.height:
@@ -68,24 +119,19 @@ def ingest(source: SourceData, max_reject_share: float) -> Ingested:
 
     by_reason = dict(all_rejects.group_by(REJECT_REASON).len().iter_rows())
     report = ValidationReport(
-        rows_read=clean.height + all_rejects.height, rows_kept=clean.height, rejected_by_reason=by_reason
+        rows_read=interactions.height + all_rejects.height,
+        rows_kept=interactions.height,
+        rejected_by_reason=by_reason,
     )
     check_reject_share(report, max_reject_share, source.name, all_rejects)
 
-    users = clean.select(pl.col("user_id").unique().sort()).with_row_index("user_idx")
-    items = clean.select(pl.col("item_id").unique().sort()).with_row_index("item_idx")
-    interactions = (
-        clean.join(users, on="user_id")
-        .join(items, on="item_id")
-        .drop("user_id", "item_id")
-        .with_columns(pl.col("user_idx").cast(pl.Int32), pl.col("item_idx").cast(pl.Int32))
-        .sort("user_idx", "timestamp", ROW_NUMBER)
-    )
-    columns = ["user_idx", "item_idx"] + [c for c in source.columns if c not in ("user_id", "item_id")]
+    # The documented order, whatever the source's: indices, timestamp, then the optional
+    # columns in schema order (MovieLens lists its rating before its timestamp).
+    columns = ["user_idx", "item_idx", "timestamp"] + [c for c in OPTIONAL_COLUMNS if c in source.columns]
     return Ingested(
         interactions=interactions.select(columns),
-        users=users.with_columns(pl.col("user_idx").cast(pl.Int32)),
-        items=items.with_columns(pl.col("item_idx").cast(pl.Int32)),
+        users=users,
+        items=items,
         report=report,
         rejects=all_rejects,
     )

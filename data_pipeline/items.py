@@ -46,19 +46,51 @@ class ItemEmbeddingConfig:
             raise ValueError(f"items.side_weight must be in [0, 1], got {self.side_weight}")
 
 
+def orthonormal_basis(y: np.ndarray) -> np.ndarray:
+    """An orthonormal basis ``[N, k]`` of the columns of a tall ``y [N, k]`` (full column rank).
+
+    CholeskyQR2 (Fukaya et al. 2014): ``Q = Y R^-1`` with ``R`` the Cholesky factor of
+    ``Yᵀ Y``, done twice to restore orthogonality. On these tall, skinny blocks it is a few
+    matrix products, where LAPACK's Householder QR is ~20x slower (162k x 74: 0.1 s
+    against 2.3 s). A rank-deficient block (a singular Gram matrix) falls back to QR.
+    """
+    q = y
+    for _ in range(2):
+        try:
+            r = np.linalg.cholesky(q.T @ q, upper=True)
+        except np.linalg.LinAlgError:
+            return np.linalg.qr(y)[0]
+        q = q @ np.linalg.inv(r)
+    if not np.allclose(q.T @ q, np.eye(q.shape[1]), atol=1e-8):
+        return np.linalg.qr(y)[0]
+    return q
+
+
 def randomized_svd(matrix: sp.csr_matrix, rank: int, power_iterations: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``rank`` left singular vectors and values of a sparse matrix (Halko et al. 2011)."""
+    """Top-``rank`` left singular vectors and values of a sparse matrix (Halko et al. 2011).
+
+    The sparse products run in float32 (half the memory traffic; the embeddings are
+    float32 anyway); the small dense algebra in float64.
+    """
     rng = np.random.default_rng(seed)
     rank = max(1, min(rank, min(matrix.shape) - 1)) if min(matrix.shape) > 1 else 1
     oversampled = min(rank + 10, min(matrix.shape))
-    q = matrix @ rng.standard_normal((matrix.shape[1], oversampled))
-    q, _ = np.linalg.qr(q)
+    a = matrix.astype(np.float32)
+    a_t = a.T.tocsr()
+
+    def times(m: sp.csr_matrix, dense: np.ndarray) -> np.ndarray:
+        return (m @ dense.astype(np.float32)).astype(np.float64)
+
+    q = orthonormal_basis(times(a, rng.standard_normal((matrix.shape[1], oversampled))))
     for _ in range(power_iterations):
-        q, _ = np.linalg.qr(matrix.T @ q)
-        q, _ = np.linalg.qr(matrix @ q)
-    b = (matrix.T @ q).T
-    u_small, s, _ = np.linalg.svd(b, full_matrices=False)
-    return (q @ u_small)[:, :rank], s[:rank]
+        q = orthonormal_basis(times(a_t, q))
+        q = orthonormal_basis(times(a, q))
+    b = times(a_t, q).T  # [k, n]: matrix ≈ q @ b
+    # SVD of the short, wide b through its k x k Gram matrix: b = u s vᵀ, b bᵀ = u s² uᵀ.
+    eigenvalues, u_small = np.linalg.eigh(b @ b.T)
+    order = np.argsort(eigenvalues)[::-1][:rank]
+    s = np.sqrt(np.clip(eigenvalues[order], 0.0, None))
+    return q @ u_small[:, order], s
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -69,19 +101,27 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
 def cooccurrence(train_positives: pl.DataFrame, num_items: int, window: int) -> sp.csr_matrix:
     """Symmetric, distance-weighted co-occurrence counts.
 
+    Two positives of a user at most ``window`` apart (in the user's sequence) add
+    ``1 / distance`` to both ``[a, b]`` and ``[b, a]``; an item never pairs with itself.
+
     Args:
         train_positives: ``user_idx, item_idx`` rows in time order per user.
     """
-    pairs = []
+    if not train_positives["user_idx"].is_sorted():
+        train_positives = train_positives.sort("user_idx", maintain_order=True)
+    users = train_positives["user_idx"].to_numpy()
+    items = train_positives["item_idx"].to_numpy()
+    rows, cols, weights = [], [], []
     for distance in range(1, window + 1):
-        shifted = train_positives.with_columns(
-            pl.col("item_idx").shift(-distance).over("user_idx").alias("other")
-        ).filter(pl.col("other").is_not_null() & (pl.col("other") != pl.col("item_idx")))
-        pairs.append(shifted.select("item_idx", "other", pl.lit(1.0 / distance).alias("w")))
-    edges = pl.concat(pairs).group_by("item_idx", "other").agg(pl.col("w").sum())
-    rows, cols, w = (edges[c].to_numpy() for c in ("item_idx", "other", "w"))
-    upper = sp.coo_matrix((w, (rows, cols)), shape=(num_items, num_items))
-    return (upper + upper.T).tocsr()
+        # Row t pairs with row t + distance when both belong to the same user.
+        pair = (users[distance:] == users[:-distance]) & (items[distance:] != items[:-distance])
+        rows.append(items[:-distance][pair])
+        cols.append(items[distance:][pair])
+        weights.append(np.full(int(pair.sum()), 1.0 / distance))
+    upper = sp.coo_matrix(
+        (np.concatenate(weights), (np.concatenate(rows), np.concatenate(cols))), shape=(num_items, num_items)
+    )
+    return (upper + upper.T).tocsr()  # duplicates (repeated pairs) are summed
 
 
 def ppmi(counts: sp.csr_matrix) -> sp.csr_matrix:
@@ -158,12 +198,17 @@ def item_embeddings(
         parts.append(_l2_normalise(side_emb) * cfg.side_weight)
     embeddings = np.concatenate(parts, axis=1).astype(np.float32)
     # Items never seen in training (only in evaluation sessions) and without side
-    # features get a small random vector, so that k-means spreads them rather than
-    # piling them into one cluster.
-    empty = np.linalg.norm(embeddings, axis=1) == 0
+    # features get a random direction on the scale of the other items, so that k-means
+    # spreads them rather than piling them into one cluster. (Tiny vectors near the
+    # origin all fell into the same clusters at every level: on Beauty 31 items shared
+    # one code tuple, on a sparse 1M-row synthetic log 48% of the items shared one.)
+    norms = np.linalg.norm(embeddings, axis=1)
+    empty = norms == 0
     if empty.any():
         rng = np.random.default_rng(cfg.seed + 2)
-        embeddings[empty] = rng.normal(0, 1e-3, (int(empty.sum()), embeddings.shape[1]))
+        scale = float(np.median(norms[~empty])) if (~empty).any() else 1.0
+        noise = rng.standard_normal((int(empty.sum()), embeddings.shape[1]))
+        embeddings[empty] = (_l2_normalise(noise) * scale).astype(np.float32)
     report = {
         "items_without_cooccurrence": int(cold.sum()),
         "items_without_any_signal": int(empty.sum()),

@@ -50,7 +50,10 @@ def encode_user_features(users: pl.DataFrame, features: pl.DataFrame | None) -> 
     """
     if features is None:
         return users, {}
-    joined = users.join(features.with_columns(pl.all().cast(pl.Utf8)), on="user_id", how="left")
+    # maintain_order: the encoded columns are put beside ``users`` row by row below.
+    joined = users.join(
+        features.with_columns(pl.all().cast(pl.Utf8)), on="user_id", how="left", maintain_order="left"
+    )
     cardinalities: dict[str, int] = {}
     encoded = []
     for name in features.columns:
@@ -58,9 +61,11 @@ def encode_user_features(users: pl.DataFrame, features: pl.DataFrame | None) -> 
             continue
         values = joined[name].drop_nulls().unique().sort()
         mapping = pl.DataFrame({name: values, f"uf_{name}": np.arange(1, values.len() + 1, dtype=np.int32)})
-        encoded.append(joined.select("user_idx", name).join(mapping, on=name, how="left").select(
-            pl.col(f"uf_{name}").fill_null(0)
-        ))
+        encoded.append(
+            joined.select("user_idx", name)
+            .join(mapping, on=name, how="left", maintain_order="left")
+            .select(pl.col(f"uf_{name}").fill_null(0))
+        )
         cardinalities[name] = values.len() + 1
     return pl.concat([users, *encoded], how="horizontal"), cardinalities
 
@@ -112,7 +117,8 @@ def prepare(cfg: PrepConfig, source: SourceData | None = None) -> dict[str, Any]
 
     cutoff = training_cutoff(sessions)
     train_events = (
-        events.join(cutoff, on="user_idx", how="left")
+        # maintain_order: co-occurrence reads each user's positives in time order.
+        events.join(cutoff, on="user_idx", how="left", maintain_order="left")
         .filter(pl.col("cutoff_ms").is_null() | (pl.col("timestamp") < pl.col("cutoff_ms")))
     )
     train_positives = train_events.filter(pl.col("positive")).select("user_idx", "item_idx")

@@ -115,15 +115,25 @@ def validate(raw: pl.LazyFrame, present: list[str]) -> tuple[pl.LazyFrame, pl.La
     schema = raw.collect_schema()
     # Columns read as text are parsed here so that an unparsable value can be reported;
     # columns that already arrive typed (parquet, the synthetic generator) are only cast.
-    textual = [c for c in present if schema[c] == pl.Utf8]
+    # Any other type (a list, a duration ...) is validated through its text form.
+    datetime_timestamp = "timestamp" in present and schema["timestamp"] in (pl.Date, pl.Datetime)
+    typed = [c for c in present if schema[c].is_numeric() or schema[c] == pl.Boolean]
+    as_text = [c for c in present if c not in typed and schema[c] != pl.Utf8]
+    if datetime_timestamp:
+        as_text.remove("timestamp")
+    raw = raw.with_columns(pl.col(c).cast(pl.Utf8) for c in as_text)
+    textual = [c for c in present if c not in typed and not (c == "timestamp" and datetime_timestamp)]
     casts: list[pl.Expr] = []
     for name in present:
         dtype = CANONICAL_COLUMNS[name]
         col = pl.col(name)
         if name in ("user_id", "item_id"):
             casts.append(col.cast(pl.Utf8).str.strip_chars().alias(name))
+        elif name == "timestamp" and datetime_timestamp:
+            casts.append(col.dt.epoch("ms").alias(name))
         elif name not in textual:
-            casts.append(col.cast(dtype, strict=False).alias(name))
+            # Flags stay Float64 until the end so that 0.5 or 300 is rejected, not truncated.
+            casts.append(col.cast(pl.Float64 if dtype == pl.Int8() else dtype, strict=False).alias(name))
         elif name == "timestamp":
             # Timestamps may be written as '1651314030792' or '1.651314030792e12'.
             casts.append(col.str.strip_chars().cast(pl.Float64, strict=False).cast(pl.Int64, strict=False))
@@ -173,7 +183,8 @@ def check_reject_share(
     share = report.rows_rejected / report.rows_read
     if share <= max_share:
         return
-    top_reason = max(report.rejected_by_reason, key=report.rejected_by_reason.__getitem__)
+    # Ties go to the alphabetically first reason, so the message does not vary run to run.
+    top_reason = min(report.rejected_by_reason, key=lambda r: (-report.rejected_by_reason[r], r))
     example = rejects.filter(pl.col(REJECT_REASON) == top_reason).head(1).to_dicts()
     raise TooManyRejectsError(
         f"{source}: {share:.1%} of rows rejected (limit {max_share:.1%}); commonest reason "

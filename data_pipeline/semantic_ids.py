@@ -6,8 +6,11 @@ Balance matters: with plain k-means a few huge clusters would make their codes c
 little information and the decoder's first steps easy but useless.
 
 Balanced assignment follows the paper: clusters, in turn, take the ``N / K`` nearest
-items not yet taken; centroids are then re-estimated, until assignments settle. (The
-turn order is shuffled each iteration so that no cluster always picks last.)
+items not yet taken; centroids are then re-estimated, until assignments settle. The
+turn order is drawn once per level and kept: the clusters that pick last then move
+their centroids towards the items left to them, and the assignment converges. (Shuffling
+the order every iteration looked fairer but never converged: 60-85% of the items changed
+cluster at every iteration and the clustering stayed ~12% worse in squared distance.)
 
 Items whose L codes collide get one more code, their rank inside the collision group,
 so that item ↔ code tuple is one-to-one. That level is added only when collisions exist.
@@ -18,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 
 
 @dataclass
@@ -67,10 +71,21 @@ def balanced_sizes(n: int, k: int) -> np.ndarray:
     return sizes
 
 
-def squared_distances(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """``[N, K]`` squared Euclidean distances, column-major for fast per-cluster reads."""
-    d = (x * x).sum(1, keepdims=True) - 2.0 * (x @ centroids.T) + (centroids * centroids).sum(1)[None, :]
-    return np.asfortranarray(d)
+def squared_distances(x: np.ndarray, centroids: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``[N, K]`` float32 squared Euclidean distances, column-major for fast per-cluster reads.
+
+    Computed as the transpose of a ``[K, N]`` product, in place and in float32: one
+    allocation (none with ``out``, a C-contiguous float32 ``[K, N]`` buffer) and half the
+    memory traffic of the float64 ``[N, K]`` version, which dominated the k-means time
+    on 200k items.
+    """
+    x = x.astype(np.float32, copy=False)
+    centroids = centroids.astype(np.float32, copy=False)
+    d = np.matmul(centroids, x.T, out=out)  # (K, N)
+    d *= -2.0
+    d += (x * x).sum(1)[None, :]
+    d += (centroids * centroids).sum(1)[:, None]
+    return d.T  # (N, K), Fortran order
 
 
 def balanced_assign(distances: np.ndarray, sizes: np.ndarray, order: np.ndarray) -> np.ndarray:
@@ -116,15 +131,18 @@ def balanced_kmeans(
     sizes = balanced_sizes(n, k)
     centroids = x[rng.choice(n, size=k, replace=False)].astype(np.float64)
     assignment = np.full(n, -1, dtype=np.int64)
+    x32 = x.astype(np.float32)
+    buffer = np.empty((k, n), dtype=np.float32)  # reused: 200 MB per iteration at 200k items
+    order = rng.permutation(k)
     ran = 0
     for ran in range(1, iterations + 1):
-        new = balanced_assign(squared_distances(x, centroids), sizes, rng.permutation(k))
+        new = balanced_assign(squared_distances(x32, centroids, out=buffer), sizes, order)
         changed = float(np.mean(new != assignment))
         assignment = new
+        # Per-cluster sums as a one-hot [k, N] product: ~10x faster than np.add.at.
+        one_hot = sp.csr_matrix((np.ones(n), (assignment, np.arange(n))), shape=(k, n))
         counts = np.bincount(assignment, minlength=k)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, assignment, x)
-        centroids = sums / np.maximum(counts, 1)[:, None]
+        centroids = (one_hot @ x) / np.maximum(counts, 1)[:, None]
         if changed < tolerance:
             break
     return assignment, centroids, ran

@@ -93,7 +93,9 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         raise UserError(f"{run_dir} is not a run folder (no {CONFIG_FILE}); make one with onerec-train run_dir={run_dir}")
     loaded = OmegaConf.load(file)
     schema = OmegaConf.structured(TrainConfig)
-    known = {k: loaded[k] for k in loaded if k in schema}
+    # `key in schema` is False for a "???" (missing) field, so compare key lists.
+    fields = set(schema.keys())
+    known = {k: loaded[k] for k in loaded.keys() if k in fields}
     return OmegaConf.to_object(OmegaConf.merge(schema, known))  # type: ignore[return-value]
 
 

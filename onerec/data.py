@@ -82,6 +82,10 @@ class ExampleSet:
     def __len__(self) -> int:
         return int(self.users.size)
 
+    @property
+    def history_lengths(self) -> np.ndarray:
+        return np.diff(self.history_offsets)
+
     def histories(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated histories of ``rows`` and their lengths (no Python loop)."""
         starts = self.history_offsets[rows]
@@ -186,22 +190,45 @@ def user_feature_matrix(builder: "BatchBuilder", users: np.ndarray) -> torch.Ten
     return builder.user_features[torch.from_numpy(users)]
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-    """The example order of one epoch: a function of (seed, epoch) only, so that a resumed
-    run sees exactly the batches an uninterrupted one would. Ranks take strided shares
-    (cut to equal length so every rank runs the same number of steps)."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    per_rank = num_examples // world_size
-    return order[rank::world_size][:per_rank]
+def epoch_batches(
+    history_lengths: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    bucket_batches: int = 32,
+) -> np.ndarray:
+    """The batches of one epoch as ``[num_batches, batch_size]`` example rows.
+
+    A function of (seed, epoch) alone, so that a resumed run sees exactly the batches an
+    uninterrupted one would. Examples are shuffled, then sorted by history length inside
+    windows of ``bucket_batches`` batches: a batch is padded to its longest history, and
+    with skewed lengths (Amazon: mean 8, max 50) random batches would be mostly padding.
+    The batch order is shuffled again so that lengths do not trend through the epoch.
+    Ranks take strided shares cut to equal length (every rank runs the same steps); the
+    last incomplete batch is dropped (stable shapes).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(history_lengths.size)
+    per_rank = history_lengths.size // world_size
+    order = order[rank::world_size][:per_rank]
+    num_batches = order.size // batch_size
+    order = order[: num_batches * batch_size]
+    window = max(1, bucket_batches) * batch_size
+    for start in range(0, order.size, window):
+        chunk = order[start : start + window]
+        order[start : start + window] = chunk[np.argsort(history_lengths[chunk], kind="stable")]
+    batches = order.reshape(num_batches, batch_size)
+    return batches[rng.permutation(num_batches)]
 
 
 def iterate_batches(
-    builder: BatchBuilder, examples: ExampleSet, order: np.ndarray, batch_size: int, start_batch: int = 0
+    builder: BatchBuilder, examples: ExampleSet, batches: np.ndarray, start_batch: int = 0
 ) -> Iterator[Batch]:
-    """Batches over ``order``; the last, smaller batch is dropped (stable batch shapes)."""
-    num_batches = len(order) // batch_size
-    for b in range(start_batch, num_batches):
-        yield builder.from_examples(examples, order[b * batch_size : (b + 1) * batch_size])
+    """Batches for the rows of ``batches [num_batches, batch_size]``, from ``start_batch``."""
+    for b in range(start_batch, batches.shape[0]):
+        yield builder.from_examples(examples, batches[b])
 
 
 def sequential_batches(builder: BatchBuilder, examples: ExampleSet, batch_size: int, limit: int = 0) -> Iterator[Batch]:

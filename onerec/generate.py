@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from onerec.modules.attention import key_padding_mask
 from onerec.trie import SemanticIdTrie
 
-NEG_INF = float("-inf")
 
 
 class SessionGenerator(nn.Module):
@@ -184,7 +183,7 @@ class SessionGenerator(nn.Module):
         self_keys, self_values = self.decoder.empty_cache(n, device, memory.dtype)
 
         # Only beam 0 is alive at the start, so the first expansion has no duplicates.
-        scores = torch.full((b, k), NEG_INF, device=device)
+        scores = torch.full((b, k), -float("inf"), device=device)
         scores[:, 0] = 0.0
         scores = scores.view(n)
         items = torch.full((n, num_items), -1, dtype=torch.long, device=device)
@@ -225,7 +224,7 @@ class SessionGenerator(nn.Module):
                         banned = exclude[owner[:, None], cand_item.clamp(min=0)] & (cand_item >= 0)
                         valid = valid & ~banned
                     cand_next = cand_item
-                cand_lp = torch.where(valid, cand_lp, torch.full_like(cand_lp, NEG_INF))
+                cand_lp = torch.where(valid, cand_lp, torch.full_like(cand_lp, -float("inf")))
                 total = (scores[:, None] + cand_lp).view(b, k * width)
                 top_scores, top_index = torch.topk(total, k, dim=1)
                 parent = (batch_base + top_index // width).view(n)

@@ -52,9 +52,11 @@ def rank_items(
     beam = max(beam_size, top_k)
     items_out, scores_out = [], []
     emitted = legal = 0
+    # Batches of similar history length pad little; the order is restored at the end.
+    by_length = np.argsort(examples.history_lengths[:total], kind="stable")
     starts = range(0, total, batch_size)
     for start in tqdm(starts, desc="ranking", disable=not show_progress, unit="batch"):
-        rows = np.arange(start, min(total, start + batch_size))
+        rows = by_length[start : start + batch_size]
         history, lengths = padded_histories(examples, rows)
         features = user_feature_matrix(builder, examples.users[rows])
         items, scores = generator.generate(
@@ -66,11 +68,12 @@ def rank_items(
         legal += int((alive & (items >= 0)).sum())
         items_out.append(items[:, :top_k].numpy())
         scores_out.append(scores[:, :top_k].numpy())
-    return Rankings(
-        items=np.concatenate(items_out) if items_out else np.zeros((0, top_k), dtype=np.int64),
-        scores=np.concatenate(scores_out) if scores_out else np.zeros((0, top_k)),
-        legal_rate=legal / max(emitted, 1),
-    )
+    items = np.zeros((total, top_k), dtype=np.int64)
+    scores = np.zeros((total, top_k), dtype=np.float32)
+    if items_out:
+        items[by_length] = np.concatenate(items_out)
+        scores[by_length] = np.concatenate(scores_out)
+    return Rankings(items=items, scores=scores, legal_rate=legal / max(emitted, 1))
 
 
 def evaluate_rankings(rankings: Rankings, examples: ExampleSet, ks: tuple[int, ...] = (5, 10)) -> dict[str, float]:

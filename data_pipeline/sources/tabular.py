@@ -16,8 +16,11 @@ def _scale_timestamp(frame: pl.LazyFrame, unit: str) -> pl.LazyFrame:
     if unit not in _TIME_UNITS_TO_MS:
         raise SchemaError(f"timestamp_unit {unit!r} not understood; expected one of {list(_TIME_UNITS_TO_MS)}")
     factor = _TIME_UNITS_TO_MS[unit]
-    if factor == 1:
+    dtype = frame.collect_schema()["timestamp"]
+    if factor == 1 or dtype in (pl.Date, pl.Datetime):
         return frame
+    if dtype.is_numeric():  # a typed (parquet) column
+        return frame.with_columns((pl.col("timestamp").cast(pl.Float64) * factor).cast(pl.Int64, strict=False))
     # Scale after parsing, keeping unparsable values unparsable for validation to report.
     parsed = pl.col("timestamp").str.strip_chars().cast(pl.Float64, strict=False)
     return frame.with_columns(

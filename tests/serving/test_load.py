@@ -219,6 +219,7 @@ def test_load_generator_refuses_unbounded_runs() -> None:
 
 
 def test_server_shuts_down_cleanly_after_the_load(server: ServerProcess) -> None:
+    """Stops the module's server: keep this test last in the file (pytest runs file order)."""
     assert server.stop() in (0, -signal.SIGTERM), "".join(server.log[-30:])
     time.sleep(0.1)  # let the drain thread read the last lines
     log = "".join(server.log)
