@@ -116,10 +116,14 @@ def run_pipeline(log_path: Path, out_dir: Path) -> tuple[dict, float, dict[str, 
     register("prep")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = to_dataclass("prep", compose(config_name="prep", overrides=overrides))
-    data_pipeline.prep.tqdm = StageCpuClock  # type: ignore[attr-defined]
-    start = time.perf_counter()
-    manifest = prepare(cfg)
-    wall = time.perf_counter() - start
+    progress_bar = data_pipeline.prep.tqdm
+    data_pipeline.prep.tqdm = StageCpuClock  # type: ignore[attr-defined,misc]
+    try:
+        start = time.perf_counter()
+        manifest = prepare(cfg)
+        wall = time.perf_counter() - start
+    finally:
+        data_pipeline.prep.tqdm = progress_bar  # type: ignore[misc]
     assert StageCpuClock.last is not None
     return manifest, wall, StageCpuClock.last.cpu_s
 

@@ -57,7 +57,7 @@ def orthonormal_basis(y: np.ndarray) -> np.ndarray:
     q = y
     for _ in range(2):
         try:
-            r = np.linalg.cholesky(q.T @ q, upper=True)
+            r = np.linalg.cholesky(q.T @ q).T  # upper triangular: Yᵀ Y = Rᵀ R
         except np.linalg.LinAlgError:
             return np.linalg.qr(y)[0]
         q = q @ np.linalg.inv(r)

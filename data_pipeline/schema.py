@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: sessions.parquet names the session total total_watch_time_ms
 
 REQUIRED_COLUMNS: dict[str, pl.DataType] = {
     "user_id": pl.Utf8(),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from onerec.data import BatchBuilder, ExampleSet, epoch_batches, padded_historie
 from onerec.generate import SessionGenerator
 from onerec.losses import ntp_loss, session_logprob
 from onerec.model import OneRec
-from onerec.preference_losses import get_preference_loss, implicit_reward_accuracy, kl_estimate
+from onerec.preference_losses import get_preference_loss, implicit_reward_accuracy
 from onerec.ranking import evaluate_rankings, rank_items
 from onerec.run_log import RunLogger
 from onerec.train import make_optimizer, pick_device
@@ -95,7 +95,6 @@ class AlignConfig:
     device: str = "auto"
     threads: int = 0
     show_progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.r_dpo <= 1.0:
@@ -246,7 +245,9 @@ class Aligner:
     def train_iteration(self, iteration: int, pairs: PreferencePairs, folder: Path) -> dict[str, float]:
         cfg = self.cfg
         policy = self.policy
-        policy.train()
+        # Dropout off, as TRL's DPO trainer does: with dropout the policy's log-probs are
+        # noisier and biased low against the (eval-mode) reference's.
+        policy.eval()
         optimizer = make_optimizer(policy, self._trainer_cfg())
         u = pairs.rows.size
         steps_per_epoch = max(1, u // cfg.pair_batch_size)
@@ -295,7 +296,7 @@ class Aligner:
                 "preference_loss": pref.loss.item(),
                 "reward_accuracy": implicit_reward_accuracy(pref.chosen_rewards, pref.rejected_rewards).item(),
                 "implicit_margin": (pref.chosen_rewards.mean() - pref.rejected_rewards.mean()).item(),
-                "kl_chosen": kl_estimate(policy_chosen.detach(), ref_chosen).item(),
+                "logp_shift_chosen": (policy_chosen.detach() - ref_chosen).mean().item(),
             }
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -313,6 +314,27 @@ class Aligner:
         return tcfg
 
     # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def kl_to_reference(self, reference: OneRec, pairs: PreferencePairs, users: int = 256) -> float:
+        """Mean per-code KL(policy ‖ reference) along the policy's most likely sessions.
+
+        Beam search gives modes, not samples, so the sampled estimate E[log π - log π_ref]
+        does not apply; the exact KL between the two next-code distributions at each
+        step of the greedy session does, and needs no sampling.
+        """
+        rows = pairs.rows[:users]
+        history, lengths = padded_histories(self.train_set, rows)
+        features = user_feature_matrix(self.builder, self.train_set.users[rows]).to(self.device)
+        generator = SessionGenerator(self.policy, self.trie, self.item_codes)
+        items, _ = generator.generate(history.to(self.device), lengths.to(self.device), features, self.session_length, 1, None, True)
+        batch = self.session_batch(rows, items[:, 0].cpu())
+        policy_logits, reference_logits = self.policy(batch).logits, reference(batch).logits
+        total = torch.zeros((), device=self.device)
+        for p, q in zip(policy_logits, reference_logits):
+            log_p, log_q = torch.log_softmax(p.float(), -1), torch.log_softmax(q.float(), -1)
+            total = total + (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+        return (total / len(policy_logits)).item()
+
     def validate(self) -> dict[str, float]:
         self.policy.eval()
         generator = SessionGenerator(self.policy, self.trie, self.item_codes)
@@ -324,7 +346,7 @@ class Aligner:
 
     # ------------------------------------------------------------------ loop
     def save_snapshot(self, folder: Path) -> None:
-        save_run_config(self.train_config, folder, {"align": {k: v for k, v in self.cfg.__dict__.items() if k != "extra"}})
+        save_run_config(self.train_config, folder, {"align": dict(self.cfg.__dict__)})
         save_atomic({"model": self.policy.state_dict(), "step": 0}, folder / BEST)
 
     def run(self) -> dict[str, Any]:
@@ -355,6 +377,7 @@ class Aligner:
                 pairs = self.make_pairs(iteration, reference)
                 save_atomic(pairs, folder / PAIRS)  # type: ignore[arg-type]
             train_stats = self.train_iteration(iteration, pairs, folder)
+            train_stats["kl_to_reference"] = self.kl_to_reference(reference, pairs)
             valid = self.validate()
             record = {"iteration": iteration + 1, **pairs.stats, **train_stats, **{f"valid_{k}": v for k, v in valid.items()}}
             self.logger.log(iteration + 1, "ipa", record)

@@ -68,7 +68,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def save_run_config(cfg: TrainConfig, run_dir: Path, extra: dict[str, Any] | None = None) -> None:
-    node = OmegaConf.structured(cfg)
+    # A plain (untyped) node, so that a stage may record its own settings beside it.
+    node = OmegaConf.create(OmegaConf.to_container(OmegaConf.structured(cfg)))
     if extra:
         node = OmegaConf.merge(node, extra)
     run_dir.mkdir(parents=True, exist_ok=True)

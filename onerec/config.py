@@ -24,6 +24,9 @@ class ModelConfig:
             sum of an item's code embeddings in the encoder's input.
         user_embedding_buckets: rows of a hashed user-id table (0: no user-id token).
         max_history: the encoder reads at most this many recent items.
+        next_item_loss: weight of an auxiliary loss that predicts the target session's
+            items with a softmax over the catalogue from the encoder's user token (0: off).
+            It only shapes the encoder during training; generation never uses it.
     """
 
     d_model: int = 128
@@ -35,6 +38,7 @@ class ModelConfig:
     history_item_embedding: bool = True
     user_embedding_buckets: int = 0
     max_history: int = 256
+    next_item_loss: float = 0.0
 
     def __post_init__(self) -> None:
         if self.d_model % self.num_heads:

@@ -73,6 +73,8 @@ class SessionGenerator(nn.Module):
         self.register_buffer("item_keys", trie.item_keys.clone())
         self.register_buffer("item_of_key", trie.item_of_key.clone())
         self.register_buffer("radix", trie.radix.clone())
+        self.register_buffer("item_nodes", trie.item_nodes.clone())
+        self.register_buffer("subtree_size", trie.subtree_size.clone())
         self.history_position = model.history_position
         self.session_position = model.session_position
         self.encoder = model.encoder
@@ -161,7 +163,8 @@ class SessionGenerator(nn.Module):
             history / lengths / user_features: see :meth:`encode`.
             num_items: m, items per session (at most the model's session length).
             beam_size: beams kept per user.
-            exclude: optional bool ``[B, num_items_in_catalogue]``; True items are never emitted.
+            exclude: optional ``[B, E]`` item indices never to emit (-1 = padding; no
+                duplicates).
             constrained: expand only real prefixes (False: any code, for ablations; then
                 items may be -1, i.e. illegal).
 
@@ -187,6 +190,10 @@ class SessionGenerator(nn.Module):
         scores[:, 0] = 0.0
         scores = scores.view(n)
         items = torch.full((n, num_items), -1, dtype=torch.long, device=device)
+        if exclude is None:
+            excluded_outside = torch.full((n, 0), -1, dtype=torch.long, device=device)
+        else:
+            excluded_outside = exclude.long().repeat_interleave(k, dim=0)
         codes = torch.zeros((n, self.num_levels), dtype=torch.long, device=device)
         node = torch.zeros(n, dtype=torch.long, device=device)
         batch_base = (torch.arange(b, device=device) * k)[:, None]
@@ -211,19 +218,22 @@ class SessionGenerator(nn.Module):
                     cand_next = torch.zeros_like(cand_code)
                     valid = torch.ones_like(cand_code, dtype=torch.bool)
                 cand_lp = log_probs.gather(1, cand_code)
-                if level == self.num_levels - 1:
-                    if constrained:
-                        cand_item = cand_next
-                    else:
-                        full = torch.cat([codes[:, :level, None].expand(n, level, width), cand_code[:, None, :]], 1)
-                        cand_item = self.item_of_codes(full.transpose(1, 2))
-                    repeat = (cand_item[:, :, None] == items[:, None, :j]).any(-1) & (cand_item[:, :, None] >= 0).any(-1)
-                    valid = valid & ~repeat
-                    if exclude is not None:
-                        owner = torch.arange(n, device=device) // k
-                        banned = exclude[owner[:, None], cand_item.clamp(min=0)] & (cand_item >= 0)
-                        valid = valid & ~banned
-                    cand_next = cand_item
+                last = level == self.num_levels - 1
+                if last and not constrained:
+                    full = torch.cat([codes[:, :level, None].expand(n, level, width), cand_code[:, None, :]], 1)
+                    cand_next = self.item_of_codes(full.transpose(1, 2))
+                # Items this beam may not emit: its session so far and the caller's list.
+                banned = torch.cat([items[:, :j], excluded_outside], dim=1)  # (N, X)
+                if banned.shape[1] > 0:
+                    if last:
+                        hits = (cand_next[:, :, None] == banned[:, None, :]) & (banned[:, None, :] >= 0)
+                        valid = valid & ~hits.any(-1)
+                    elif constrained:
+                        # A prefix is closed when every item below it is banned.
+                        ancestors = self.item_nodes[banned.clamp(min=0), level + 1]
+                        ancestors = torch.where(banned >= 0, ancestors, torch.full_like(ancestors, -1))
+                        count = ((cand_next[:, :, None] == ancestors[:, None, :]).sum(-1))
+                        valid = valid & (count < self.subtree_size[cand_next])
                 cand_lp = torch.where(valid, cand_lp, torch.full_like(cand_lp, -float("inf")))
                 total = (scores[:, None] + cand_lp).view(b, k * width)
                 top_scores, top_index = torch.topk(total, k, dim=1)
@@ -290,6 +300,10 @@ def reference_beam_search(
     # The batch needs a target to build; its codes are not used by encode().
     batch = builder.build(hist, torch.tensor([hist.numel()]), user, torch.zeros(1, model.session_length, dtype=torch.long))
     levels = len(model.codebook_sizes)
+    items_below: dict[tuple[int, ...], set[int]] = {}
+    for item, row in enumerate(codes_np.tolist()):
+        for depth in range(1, levels + 1):
+            items_below.setdefault(tuple(row[:depth]), set()).add(item)
     with torch.no_grad():
         memory, mask = model.encode(batch)
 
@@ -314,7 +328,8 @@ def reference_beam_search(
                 for score, done_codes, done_items, partial in beams:
                     log_probs = next_log_probs(done_codes, partial)
                     for code, nxt in trie.children(partial):
-                        if level == levels - 1 and nxt in done_items:
+                        # Never walk into a prefix whose items are all in the session already.
+                        if items_below[tuple(partial + [code])] <= set(done_items):
                             continue
                         candidates.append((score + float(log_probs[code]), done_codes, done_items, partial + [code], nxt))
                 candidates.sort(key=lambda c: -c[0])

@@ -46,3 +46,15 @@ def session_logprob(logits: List[Tensor], target_codes: Tensor) -> Tensor:
         log_probs = torch.log_softmax(level_logits.float(), dim=-1)
         total = total + log_probs.gather(-1, target_codes[:, :, level, None]).squeeze(-1).sum(1)
     return total
+
+
+def next_item_loss(logits: Tensor, target_items: Tensor) -> Tensor:
+    """Mean cross-entropy of each target item under one softmax over the catalogue.
+
+    Args:
+        logits: ``[B, num_items]``.
+        target_items: ``[B, m]``.
+    """
+    b, m = target_items.shape
+    expanded = logits.float()[:, None, :].expand(b, m, logits.shape[-1])
+    return F.cross_entropy(expanded.reshape(b * m, -1), target_items.reshape(-1))

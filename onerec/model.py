@@ -17,7 +17,7 @@ and the output at ``r`` (0 ≤ r < L) predicts code ``c_r`` of item ``j`` over l
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,10 +38,13 @@ class ModelOutput:
     """Attributes:
         logits: one ``[B, m, K_l]`` tensor per level.
         balance_loss: the MoE load-balancing loss summed over layers (a scalar).
+        next_item_logits: ``[B, num_items]`` from the encoder's user token, when the
+            auxiliary next-item loss is on (``model.next_item_loss > 0``), else None.
     """
 
     logits: List[Tensor]
     balance_loss: Tensor
+    next_item_logits: Optional[Tensor] = None
 
 
 def moe_arguments(model: ModelConfig, moe: MoEConfig) -> MoEArguments:
@@ -105,6 +108,8 @@ class OneRec(nn.Module):
         self.encoder = HistoryEncoder(d, config.num_heads, config.encoder_ffn, config.encoder_layers, config.dropout)
         self.decoder = SessionDecoder(d, config.num_heads, config.decoder_layers, moe_arguments(config, moe), config.dropout)
         self.heads = nn.ModuleList([nn.Linear(d, size) for size in codebook_sizes])
+        # A dense head (not tied to the item table, which torchrec may shard).
+        self.next_item_head = nn.Linear(d, num_items) if config.next_item_loss > 0 else None
 
     # ----------------------------------------------------------------- encoder
     def encode(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -154,7 +159,8 @@ class OneRec(nn.Module):
         # Pad the dropped last position back so the sequence folds into (m, L + 1) slots.
         hidden = F.pad(hidden, (0, 0, 0, 1)).view(b, m, self.num_levels + 1, d)
         logits = [self.heads[level](hidden[:, :, level]) for level in range(self.num_levels)]
-        return ModelOutput(logits=logits, balance_loss=balance_loss)
+        next_item = self.next_item_head(memory[:, 0]) if self.next_item_head is not None else None
+        return ModelOutput(logits=logits, balance_loss=balance_loss, next_item_logits=next_item)
 
     def moe_layers(self) -> List[nn.Module]:
         return [layer.moe for layer in self.decoder.layers]

@@ -23,7 +23,8 @@ def write_plots(
     written = []
     iterations = [n for n in report["models"] if "/iter_" in n]
     if iterations:
-        xs, ys, lo, hi = [], [], [], []
+        # Iteration 0 is the NTP model itself: the baseline, gain 0 by definition.
+        xs, ys, lo, hi = [0], [0.0], [0.0], [0.0]
         for name in iterations:
             k = int(name.rsplit("_", 1)[1])
             gain = report["gains"].get(name, {"swt_rel": 0.0, "ci95": [0.0, 0.0]})

@@ -7,15 +7,17 @@ Given a user's history and a session of m items it predicts, through sigmoid tow
     h_i      = self-attention over the m items (SDPA), L blocks      (B, m, D)
     p_tower  = sigmoid(MLP_tower(mean_i h_i))                        (B,)
     reward   = Σ_tower weight_tower · p_tower                        (B,)
+    q_i      = sigmoid(W_item h_i)   auxiliary per-item outputs      (B, m, K)  (training only)
 
 Item vectors ``v_i`` are a learned embedding (plus a projection of the bundle's
 collaborative item embeddings when ``pretrained_items``) plus an embedding of the item's
 log-duration bucket: watch time scales with length, and a rare item's length is known
 even when its embedding is not.
 
-Labels (from the logs; one training example = the first m events of a logged session
-with at least m events, positives and negatives alike, or each consecutive m-event
-window when ``session_windows`` allows more):
+Labels (from the logs; one training example = m consecutive logged events, positives and
+negatives alike: the first m events of every session with at least m events and, unless
+``session_windows`` limits it, each further full m-event window, whose history then also
+holds the session's earlier positives):
 
 =====  ==================================================================================
 tower  label
@@ -38,6 +40,10 @@ purchase/review): a real session (its first m logged items, label 1) against
 items drawn by popularity (``train_count ** popularity_power``); tower ``vtr`` =
 P(interaction), its label the share of real items, (m - r) / m. With m = 1 this is the
 logged next item against popularity-sampled negatives.
+
+The auxiliary per-item heads (``item_heads``) learn each event's own labels: watch ratio
+(clipped to [0, 1], soft), watched through, like, follow; in proxy mode whether the slot
+holds the logged item. They only shape the shared representation: the reward is the towers'.
 
 For AUC, soft labels count as positive at 0.5 and above (swt: sessions watched more than
 the training median; proxy: real sessions against corrupted ones when m = 1).
@@ -68,7 +74,7 @@ TOWERS = ("swt", "vtr", "wtr", "ltr")
 ITEM_TARGETS = ("ratio", "through", "like", "follow", "real")
 BINARY_TOWERS = ("wtr", "ltr")
 REWARD_FILE = "reward.pt"
-WATCH_LIST_COLUMNS = ("watch_time_ms", "watch_time_ms_right")
+WATCH_LIST_COLUMNS = ("watch_time_ms",)
 
 
 @dataclass
@@ -134,8 +140,7 @@ class RewardModelConfig:
 
 # ---------------------------------------------------------------------------- labels
 def watch_list_column(sessions: pl.DataFrame) -> str | None:
-    """The per-item watch-time list of ``sessions.parquet`` (the session total shares its
-    name, so the bundle writer may have suffixed the list ``_right``); None if absent."""
+    """The per-item watch-time list of ``sessions.parquet``; None if the log has no watch time."""
     for name in WATCH_LIST_COLUMNS:
         if name in sessions.columns and isinstance(sessions.schema[name], pl.List):
             return name
@@ -507,11 +512,14 @@ def default_weights() -> dict[str, float]:
 
 __all__ = [
     "TOWERS",
+    "ITEM_TARGETS",
     "RewardLabelConfig",
     "RewardModelConfig",
     "RewardModel",
     "load_reward_model",
     "save_reward_model",
+    "available_towers",
     "session_labels",
     "percentile_labels",
+    "watch_list_column",
 ]

@@ -146,6 +146,8 @@ class LearnedSimulatorConfig:
         seed: differs from the reward model's on purpose (another initialisation and order).
         vtr_ratio: view-through threshold (as the reward's labels).
         user_features: add the bundle's categorical user features to the user vector.
+        min_positives: the like / follow output needs this many positive training events
+            (fewer: that response is not modelled and comes back as NaN).
         split: must equal the reward run's split so that the two use disjoint users.
     """
 
@@ -159,6 +161,7 @@ class LearnedSimulatorConfig:
     item_embedding: bool = True
     user_features: bool = True
     vtr_ratio: float = 0.7
+    min_positives: int = 20
     epochs: int = 4
     batch_size: int = 512
     lr: float = 2e-3
@@ -210,6 +213,7 @@ class LearnedSimulator:
         self.net = net.eval()
         self.has = has
         self.metrics = metrics or {}
+        self.split = net.cfg.split
 
     @torch.no_grad()
     def score(self, users: Any, history: Any, lengths: Any, sessions: Any, batch_size: int = 4096) -> SessionResponse:
@@ -369,8 +373,8 @@ def train_learned_simulator(bundle: Bundle, cfg: LearnedSimulatorConfig, out_dir
     has = {
         "ratio": True,
         "view_through": True,
-        "like": "like" in sessions.columns and np.nansum(train.labels[:, 2]) > 0,
-        "follow": "follow" in sessions.columns and np.nansum(train.labels[:, 3]) > 0,
+        "like": "like" in sessions.columns and np.nansum(train.labels[:, 2]) >= max(cfg.min_positives, 1),
+        "follow": "follow" in sessions.columns and np.nansum(train.labels[:, 3]) >= max(cfg.min_positives, 1),
     }
     histories = UserHistories(bundle.positives(), bundle.num_users)
     pretrained = None
@@ -471,16 +475,71 @@ def load_learned_simulator(path: str | Path) -> LearnedSimulator:
 
 
 def make_simulator(
-    name: str, bundle: Bundle, path: str | Path | None = None, cfg: LearnedSimulatorConfig | None = None
+    name: str,
+    bundle: Bundle,
+    path: str | Path | None = None,
+    cfg: LearnedSimulatorConfig | None = None,
+    reward_run: str | Path | None = None,
 ) -> GroundTruthSimulator | LearnedSimulator:
     """``ground_truth`` (synthetic bundles) or ``learned`` (loaded from ``path``, trained
-    there first when missing)."""
+    there first when missing).
+
+    Args:
+        reward_run: when given, the learned simulator must use the reward run's user split
+            (so their users are disjoint); a new one is trained with it.
+    """
+    if reward_run is not None:
+        from onerec.reward import load_reward_model
+
+        split = UserSplitConfig(**load_reward_model(reward_run).meta.get("split", {}))  # type: ignore[operator]
+        cfg = cfg or LearnedSimulatorConfig()
+        cfg.split = split
     if name == "ground_truth":
         if not bundle.has_ground_truth:
             raise UserError(f"simulator=ground_truth needs a synthetic bundle; {bundle.path} has no ground truth (use simulator=learned)")
         return GroundTruthSimulator(bundle.ground_truth(), (cfg or LearnedSimulatorConfig()).vtr_ratio)
     if name == "learned":
         if path is not None and (Path(path).expanduser() / SIMULATOR_FILE).is_file():
-            return load_learned_simulator(path)
+            sim = load_learned_simulator(path)
+            if cfg is not None and sim.split != cfg.split:
+                raise UserError(f"the learned simulator in {path} used the user split {sim.split}, not {cfg.split}; remove it to retrain")
+            return sim
         return train_learned_simulator(bundle, cfg or LearnedSimulatorConfig(), path)
     raise UserError(f"simulator={name!r}; expected one of {list(SIMULATORS)}")
+
+
+def format_fit(metrics: dict[str, Any]) -> str:
+    """The learned simulator's fit as indented JSON (what a user reads after fitting)."""
+    return json.dumps(metrics, indent=2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Fit the learned simulator on a bundle::
+
+        python -m onerec.simulators data_dir=BUNDLE out_dir=SIM_DIR [epochs=4] [seed=1] [split.salt=...]
+
+    Keys are :class:`LearnedSimulatorConfig`'s (dotted for ``split``), checked by OmegaConf.
+    """
+    import sys
+
+    from omegaconf import OmegaConf
+
+    from data_pipeline.cli import clear_errors, setup_logging
+
+    @clear_errors("onerec.simulators")
+    def run() -> None:
+        setup_logging()
+        cli = OmegaConf.from_dotlist(sys.argv[1:] if argv is None else argv)
+        data_dir, out_dir = cli.pop("data_dir", None), cli.pop("out_dir", None)
+        if not data_dir or not out_dir:
+            raise UserError("usage: python -m onerec.simulators data_dir=BUNDLE out_dir=SIM_DIR [key=value ...]")
+        cfg: LearnedSimulatorConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LearnedSimulatorConfig), cli))  # type: ignore[assignment]
+        sim = train_learned_simulator(Bundle.open(data_dir), cfg, out_dir)
+        print(format_fit(sim.metrics))
+        print(f"learned simulator: {Path(out_dir) / SIMULATOR_FILE}")
+
+    run()
+
+
+if __name__ == "__main__":
+    main()

@@ -38,7 +38,7 @@ from onerec.checkpoint import (
 from onerec.config import TrainConfig, TrainerConfig
 from onerec.data import BatchBuilder, ExampleSet, epoch_batches, iterate_batches
 from onerec.generate import SessionGenerator
-from onerec.losses import ntp_loss
+from onerec.losses import next_item_loss, ntp_loss
 from onerec.model import OneRec
 from onerec.ranking import evaluate_rankings, rank_items
 from onerec.run_log import RunLogger, truncate_metrics
@@ -185,6 +185,8 @@ class Trainer:
             output = self.model(batch)
             ntp = ntp_loss(output.logits, batch.target_codes)
             loss = ntp + output.balance_loss
+            if output.next_item_logits is not None:
+                loss = loss + self.cfg.model.next_item_loss * next_item_loss(output.next_item_logits, batch.target_items)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)

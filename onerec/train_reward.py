@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RewardTrainConfig:
+class RewardConfig:
     """``onerec-reward``.
 
     Attributes:
@@ -335,7 +335,7 @@ def predict(model: RewardModel, data: SessionSet, histories: UserHistories, batc
 
 
 def candidate_check(
-    model: RewardModel, bundle: Bundle, users: np.ndarray, histories: UserHistories, proxy: ProxyNegatives, cfg: RewardTrainConfig, m: int
+    model: RewardModel, bundle: Bundle, users: np.ndarray, histories: UserHistories, proxy: ProxyNegatives, cfg: RewardConfig, m: int
 ) -> dict[str, Any]:
     """Ground-truth check of the reward's choices among popularity-drawn candidate sessions.
 
@@ -375,7 +375,7 @@ def candidate_check(
 
 
 def evaluate(
-    model: RewardModel, data: SessionSet, histories: UserHistories, bundle: Bundle, proxy: ProxyNegatives, cfg: RewardTrainConfig, m: int
+    model: RewardModel, data: SessionSet, histories: UserHistories, bundle: Bundle, proxy: ProxyNegatives, cfg: RewardConfig, m: int
 ) -> dict[str, Any]:
     """Held-out metrics (see the module docstring)."""
     preds = predict(model, data, histories)
@@ -403,7 +403,7 @@ def label_mode(cfg: RewardLabelConfig, sessions: pl.DataFrame) -> str:
     return "logged" if available_towers(sessions) else "proxy"
 
 
-def train_reward(cfg: RewardTrainConfig) -> tuple[RewardModel, dict[str, Any]]:
+def train_reward(cfg: RewardConfig) -> tuple[RewardModel, dict[str, Any]]:
     """Train and evaluate; writes the run folder. Returns the model and its metrics."""
     clock = time.perf_counter()
     if cfg.threads > 0:
@@ -550,25 +550,16 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def report(cfg: RewardConfig) -> None:
+    _, metrics = train_reward(cfg)
+    print(format_metrics(metrics))
+    print(f"reward model: {Path(cfg.run_dir) / REWARD_FILE}")
+
+
 def main() -> None:
-    import hydra
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import DictConfig, OmegaConf
+    from onerec.stages import hydra_main
 
-    from data_pipeline.cli import CONF_DIR, clear_errors, setup_logging
-
-    ConfigStore.instance().store(name="reward_schema", node=RewardTrainConfig)
-
-    @hydra.main(config_path=CONF_DIR, config_name="reward", version_base="1.3")
-    @clear_errors("onerec-reward")
-    def run(cfg: DictConfig) -> None:
-        setup_logging()
-        reward_cfg: RewardTrainConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-        _, metrics = train_reward(reward_cfg)
-        print(format_metrics(metrics))
-        print(f"reward model: {Path(reward_cfg.run_dir) / REWARD_FILE}")
-
-    run()
+    hydra_main("reward", "onerec-reward", report)
 
 
 if __name__ == "__main__":

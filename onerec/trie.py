@@ -33,6 +33,10 @@ class SemanticIdTrie:
             the item each belongs to, to look up the item of any tuple (unconstrained
             decoding may emit tuples that are no item).
         radix: ``[L]`` multipliers of the mixed-radix key.
+        item_nodes: ``[num_items, L]`` the node of each item's prefix at depth 0..L-1.
+        subtree_size: ``[num_nodes]`` items below each node; with ``item_nodes`` the
+            search can tell when every item below a prefix is excluded and never walk
+            into it (a beam that did would die at the leaf).
     """
 
     node_start: torch.Tensor
@@ -43,6 +47,8 @@ class SemanticIdTrie:
     item_keys: torch.Tensor
     item_of_key: torch.Tensor
     radix: torch.Tensor
+    item_nodes: torch.Tensor
+    subtree_size: torch.Tensor
 
     @classmethod
     def from_codes(cls, codes: np.ndarray, codebook_sizes: List[int]) -> "SemanticIdTrie":
@@ -83,6 +89,8 @@ class SemanticIdTrie:
         start = np.cumsum(count) - count
         max_children = [int(count[np.unique(p)].max()) for p in parents]
         key_order = np.argsort(keys)
+        item_nodes = np.stack(prefix_ids, axis=1)  # (num_items, L)
+        subtree_size = np.bincount(item_nodes.ravel(), minlength=num_nodes)
         return cls(
             node_start=torch.from_numpy(start),
             node_count=torch.from_numpy(count),
@@ -92,6 +100,8 @@ class SemanticIdTrie:
             item_keys=torch.from_numpy(keys[key_order]),
             item_of_key=torch.from_numpy(key_order.astype(np.int64)),
             radix=torch.from_numpy(radix),
+            item_nodes=torch.from_numpy(item_nodes),
+            subtree_size=torch.from_numpy(subtree_size.astype(np.int64)),
         )
 
     def children(self, prefix: List[int]) -> List[tuple[int, int]]:

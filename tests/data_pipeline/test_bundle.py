@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 from data_pipeline.bundle import MANIFEST, Bundle, BundleError, sha256
-from data_pipeline.prep import prepare
+from data_pipeline.items import ItemEmbeddingConfig
+from data_pipeline.prep import PrepConfig, prepare
+from data_pipeline.semantic_ids import SemanticIdConfig
+from data_pipeline.sessions import SessionConfig
 from data_pipeline.sources.amazon_seq import AmazonSeqConfig
+from data_pipeline.sources.tabular import TabularConfig
 from tests.data_pipeline.conftest import sequence_prep_config
 
 
@@ -67,3 +71,31 @@ def test_unknown_split_and_missing_ground_truth_are_bundle_errors(bundle_dir: Pa
         bundle.split("dev")
     with pytest.raises(BundleError, match="has no ground truth"):
         bundle.ground_truth()
+
+
+def test_sessions_table_holds_each_sessions_items_and_responses(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    # u1: two events 1 s apart, then one 3 hours later (gap 30 min: two sessions); u2: one event.
+    log.write_text(
+        "user_id,item_id,timestamp,watch_time_ms,duration_ms,like\n"
+        "u1,a,0,900,1000,0\nu1,b,1000,100,1000,1\nu1,c,10800000,50,1000,0\nu2,a,0,1000,1000,0\n"
+    )
+    columns = {c: c for c in ("user_id", "item_id", "timestamp", "watch_time_ms", "duration_ms", "like")}
+    prepare(
+        PrepConfig(
+            data=TabularConfig(path=str(log), columns=columns),
+            out_dir=str(tmp_path / "bundle"),
+            sessions=SessionConfig(target_items=1, watch_time_quantile=0.0, require_engagement=False),
+            items=ItemEmbeddingConfig(dim=2, side_dim=2),
+            semantic_ids=SemanticIdConfig(levels=1, codebook_size=2, iterations=2),
+            show_progress=False,
+        )
+    )
+    sessions = Bundle.open(tmp_path / "bundle", verify=True).sessions()
+    assert sessions.select(
+        "user_idx", "items", "total_watch_time_ms", "watch_time_ms", "like", "positive", "split"
+    ).rows() == [
+        (0, [0, 1], 1000.0, [900.0, 100.0], [0, 1], [True, True], "test"),  # ratio 0.9; liked
+        (0, [2], 50.0, [50.0], [0], [False], None),  # ratio 0.05: no positive, not a target
+        (1, [0], 1000.0, [1000.0], [0], [True], "test"),
+    ]

@@ -57,10 +57,19 @@ def test_exclusions_are_never_emitted(setup) -> None:
     bundle, _, _, generator, examples = setup
     rows = np.arange(4)
     first, _ = _generate(generator, examples, rows, 1, 5)
-    exclude = torch.zeros(len(rows), bundle.num_items, dtype=torch.bool)
-    exclude[torch.arange(len(rows))[:, None], first[:, :, 0]] = True
-    again, _ = _generate(generator, examples, rows, 1, 5, exclude=exclude)
-    assert not (again[:, :, :, None] == first[:, None, :, 0][..., None, :]).any()
+    exclude = first[:, :, 0]  # (B, 5): ban every item the first search returned
+    again, scores = _generate(generator, examples, rows, 1, 5, exclude=exclude)
+    assert torch.isfinite(scores).all()
+    assert not (again[:, :, 0, None] == exclude[:, None, :]).any()
+
+
+def test_beams_survive_when_sessions_exhaust_narrow_prefixes(setup) -> None:
+    """Long sessions with a beam wider than most prefixes' item counts: the search must not
+    walk into prefixes whose items are all used, or beams die and users get no session."""
+    bundle, _, _, generator, examples = setup
+    items, scores = _generate(generator, examples, np.arange(16), 3, 24)
+    assert torch.isfinite(scores).all()
+    assert (items >= 0).all()
 
 
 def test_unconstrained_search_can_emit_illegal_tuples(setup) -> None:

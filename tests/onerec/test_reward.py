@@ -25,7 +25,7 @@ from onerec.reward import (
 )
 from onerec.train_reward import (
     ProxyNegatives,
-    RewardTrainConfig,
+    RewardConfig,
     SessionSet,
     UserHistories,
     binary_auc,
@@ -37,7 +37,7 @@ from onerec.user_split import GROUPS, UserSplitConfig, before_evaluation, group_
 
 
 def hand_sessions() -> pl.DataFrame:
-    """Three sessions as the bundle writes them (the per-item watch list suffixed ``_right``)."""
+    """Three sessions as the bundle writes them."""
     return pl.DataFrame(
         {
             "session_idx": [0, 1, 2],
@@ -45,9 +45,9 @@ def hand_sessions() -> pl.DataFrame:
             "start_ms": [0, 10, 0],
             "num_events": [3, 2, 2],
             "positives_before": [4, 6, 0],
-            "watch_time_ms": [135.0, 80.0, 30.0],
+            "total_watch_time_ms": [135.0, 80.0, 30.0],
             "items": [[1, 2, 3], [4, 5], [6, 7]],
-            "watch_time_ms_right": [[30.0, 100.0, 5.0], [80.0, 0.0], [10.0, 20.0]],
+            "watch_time_ms": [[30.0, 100.0, 5.0], [80.0, 0.0], [10.0, 20.0]],
             "duration_ms": [[100.0, 100.0, 10.0], [100.0, 0.0], [100.0, 50.0]],
             "like": [[0, 1, 0], [0, 0], [0, 0]],
             "follow": [[0, 0, 1], [1, 0], [0, 0]],
@@ -77,11 +77,10 @@ def test_session_labels_by_hand() -> None:
     )
 
 
-def test_logs_without_responses_have_no_towers_and_a_plain_watch_list_is_found() -> None:
+def test_logs_without_responses_have_no_towers() -> None:
     bare = hand_sessions().select("session_idx", "user_idx", "items", "positive")
     assert available_towers(bare) == []
-    renamed = hand_sessions().drop("watch_time_ms").rename({"watch_time_ms_right": "watch_time_ms"})
-    assert session_labels(renamed, 2, 0.7)["swt_ms"].to_list() == [130.0, 80.0, 30.0]
+    assert session_labels(hand_sessions(), 2, 0.7)["swt_ms"].to_list() == [130.0, 80.0, 30.0]
 
 
 def test_session_windows_shift_the_history_end() -> None:
@@ -183,8 +182,8 @@ def test_reward_model_shapes_masks_and_the_shared_history_path() -> None:
         model.reward(history[:2], lengths[:2], sessions[:5])
 
 
-def small_reward_config(bundle_dir: Path, run_dir: Path, **overrides: object) -> RewardTrainConfig:
-    cfg = RewardTrainConfig(data_dir=str(bundle_dir), run_dir=str(run_dir), epochs=8, batch_size=64, lr=5e-3, threads=1, show_progress=False, eval_candidates=8)
+def small_reward_config(bundle_dir: Path, run_dir: Path, **overrides: object) -> RewardConfig:
+    cfg = RewardConfig(data_dir=str(bundle_dir), run_dir=str(run_dir), epochs=5, batch_size=64, lr=5e-3, threads=1, show_progress=False, eval_candidates=8)
     cfg.model = RewardModelConfig(dim=32, num_heads=2, pool_queries=2, max_history=32, duration_buckets=8)
     for key, value in overrides.items():
         setattr(cfg, key, value)
@@ -221,13 +220,13 @@ def test_proxy_labels_train_without_watch_time(tiny_bundle_dir: Path, tmp_path: 
 
 
 def test_reward_config_composes(tiny_bundle_dir: Path, tmp_path: Path) -> None:
-    from hydra.core.config_store import ConfigStore
+    from onerec.stages import register
 
-    ConfigStore.instance().store(name="reward_schema", node=RewardTrainConfig)
+    register("reward")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         node = compose(config_name="reward", overrides=[f"data_dir={tiny_bundle_dir}", f"run_dir={tmp_path}", "labels.vtr_ratio=0.5"])
-    cfg: RewardTrainConfig = OmegaConf.to_object(node)  # type: ignore[assignment]
-    assert isinstance(cfg, RewardTrainConfig) and cfg.labels.vtr_ratio == 0.5 and cfg.weights["swt"] == 1.0
+    cfg: RewardConfig = OmegaConf.to_object(node)  # type: ignore[assignment]
+    assert isinstance(cfg, RewardConfig) and cfg.labels.vtr_ratio == 0.5 and cfg.weights["swt"] == 1.0
     bad = small_reward_config(tiny_bundle_dir, tmp_path, session_items=50)
     with pytest.raises(UserError, match="session_items"):
         train_reward(bad)

@@ -104,6 +104,8 @@ def test_learned_simulator_round_trip(learned: tuple[Path, object], tiny_bundle_
     assert a.watch_ms[1, 1] == 0 and a.swt[1] == a.watch_ms[1].sum()
     assert (a.watch_ms[a.real] > 0).all() and ((a.like >= 0) & (a.like <= 1)).all()
     assert make_simulator("learned", bundle, out).net.state_dict().keys() == loaded.net.state_dict().keys()
+    with pytest.raises(UserError, match="user split"):  # a simulator fitted on another split is not reused
+        make_simulator("learned", bundle, out, small_simulator_config(split=UserSplitConfig(salt="other")))
 
 
 def test_learned_simulator_is_deterministic_with_a_seed(tiny_bundle_dir: Path) -> None:

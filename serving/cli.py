@@ -1,0 +1,82 @@
+"""``onerec-serve``: serve an exported artefact over HTTP.
+
+    onerec-serve artefact=ARTEFACT [host=127.0.0.1] [port=8000] [runtime=auto|aoti|torchscript|eager]
+
+Loads the artefact (hashes and torch/fbgemm versions checked) into an
+:class:`~serving.model_backend.ArtefactBackend` and runs :func:`serving.server.run`. Every
+:class:`~serving.server.ServeConfig` key (``max_batch_size``, ``max_wait_ms``, ``num_workers``
+...) is a top-level key of ``conf/serve.yaml``. ``max_num_items`` is capped at the model's
+session length, so the OpenAPI schema shows what the model can really generate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from serving.server import ServeConfig
+
+
+@dataclass
+class ServeCommandConfig(ServeConfig):
+    """``onerec-serve``: the server's settings plus the model's.
+
+    Attributes:
+        artefact: a folder written by ``onerec-export``.
+        runtime: ``auto`` (the runtime measured fastest, see serving.model_backend.AUTO_ORDER),
+            ``aoti``, ``torchscript`` or ``eager``.
+        threads: torch intra-op threads (0: torch's default, one per core).
+        verify: check every artefact file's sha256 at start-up.
+    """
+
+    artefact: str = "???"
+    runtime: str = "auto"
+    threads: int = 0
+    verify: bool = True
+
+
+def server_config(cfg: ServeCommandConfig, session_length: int) -> ServeConfig:
+    """The plain :class:`ServeConfig` of ``cfg``, ``num_items`` bounds capped at ``session_length``."""
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(ServeConfig)}
+    values["max_num_items"] = min(cfg.max_num_items, session_length)
+    values["default_num_items"] = min(cfg.default_num_items, values["max_num_items"])
+    return ServeConfig(**values)
+
+
+def main() -> None:
+    import hydra
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import DictConfig, OmegaConf
+
+    from data_pipeline.cli import CONF_DIR, clear_errors, setup_logging
+
+    ConfigStore.instance().store(name="serve_schema", node=ServeCommandConfig)
+
+    @hydra.main(config_path=CONF_DIR, config_name="serve", version_base="1.3")
+    @clear_errors("onerec-serve")
+    def serve(cfg: DictConfig) -> None:
+        setup_logging()
+        command: ServeCommandConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+        from serving.model_backend import ArtefactBackend
+        from serving.server import run
+
+        backend = ArtefactBackend(
+            command.artefact,
+            command.runtime,
+            threads=command.threads,
+            num_runners=command.num_workers,
+            verify=command.verify,
+        )
+        config = server_config(command, backend.session_length)
+        print(
+            f"onerec-serve: {command.artefact} model_version={backend.model_version} runtime={backend.runtime} "
+            f"on http://{config.host}:{config.port}",
+            flush=True,
+        )
+        run(config, backend)
+
+    serve()
+
+
+if __name__ == "__main__":
+    main()
