@@ -8,6 +8,7 @@ items.parquet          item_idx, item_id (original), codes (list[i64]), train_co
                        and side features (duration_ms, author_id) where known
 users.parquet          user_idx, user_id (original), categorical user features as ints
 train/valid/test.parquet  user_idx, session_idx, history, target, target_<label> lists
+                       (or ``<split>-00000.parquet, ...`` shards: examples.shard_rows)
 sessions.parquet       every session: user_idx, session_idx, start_ms, split, items,
                        positives_before and the logged responses per item (lists)
 positives.parquet      user_idx, items: each user's positive items in time order
@@ -34,6 +35,33 @@ from data_pipeline.schema import SCHEMA_VERSION
 
 MANIFEST = "manifest.json"
 SPLIT_FILES = {"train": "train.parquet", "valid": "valid.parquet", "test": "test.parquet"}
+
+
+def split_shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.parquet"
+
+
+def write_split(out_dir: Path, split: str, frame: pl.DataFrame, shard_rows: int = 0) -> list[Path]:
+    """Write a split as one file, or (``shard_rows > 0``) as shards of at most that many
+    rows, so that each rank of a distributed run can read only its own shards."""
+    if shard_rows <= 0:
+        path = out_dir / SPLIT_FILES[split]
+        frame.write_parquet(path)
+        return [path]
+    paths = []
+    for index, start in enumerate(range(0, max(frame.height, 1), shard_rows)):
+        path = out_dir / split_shard_name(split, index)
+        frame.slice(start, shard_rows).write_parquet(path)
+        paths.append(path)
+    return paths
+
+
+def remove_splits(out_dir: Path) -> None:
+    """Delete every split file and shard (a rewritten bundle must not keep stale ones)."""
+    for split, name in SPLIT_FILES.items():
+        (out_dir / name).unlink(missing_ok=True)
+        for shard in out_dir.glob(f"{split}-*.parquet"):
+            shard.unlink()
 
 
 class BundleError(ValueError):
@@ -137,10 +165,30 @@ class Bundle:
     def user_feature_cardinalities(self) -> list[int]:
         return [int(v) for v in self.manifest.get("user_features", {}).values()]
 
-    def split(self, name: str) -> pl.DataFrame:
+    def split_files(self, name: str) -> list[Path]:
+        """The split's parquet file, or its shards in order."""
         if name not in SPLIT_FILES:
             raise BundleError(f"unknown split {name!r}; expected one of {list(SPLIT_FILES)}")
-        return pl.read_parquet(self.path / SPLIT_FILES[name])
+        single = self.path / SPLIT_FILES[name]
+        if single.is_file():
+            return [single]
+        shards = sorted(self.path.glob(f"{name}-[0-9][0-9][0-9][0-9][0-9].parquet"))
+        if not shards:
+            raise BundleError(f"{self.path}: no {SPLIT_FILES[name]} and no {split_shard_name(name, 0)} shards")
+        return shards
+
+    def split(self, name: str, rank: int = 0, world_size: int = 1) -> pl.DataFrame:
+        """A split's examples; with ``world_size > 1``, only shards ``rank::world_size``
+        (scanned lazily: the other ranks' shards are never read)."""
+        files = self.split_files(name)
+        if world_size > 1:
+            if len(files) < world_size:
+                raise BundleError(
+                    f"{self.path}: split {name!r} has {len(files)} shard(s), fewer than world_size={world_size}; "
+                    f"rebuild the bundle with a smaller examples.shard_rows"
+                )
+            files = files[rank::world_size]
+        return pl.scan_parquet(files).collect()
 
     def sessions(self) -> pl.DataFrame:
         return pl.read_parquet(self.path / "sessions.parquet")

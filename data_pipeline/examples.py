@@ -22,16 +22,22 @@ class ExampleConfig:
     """Attributes:
         history_length: n, the most recent positive items the encoder sees.
         min_history: targets with a shorter history are skipped (counted in the manifest).
+        shard_rows: write each split as ``<split>-00000.parquet, ...`` shards of at most
+            this many rows (0: one ``<split>.parquet``); a distributed run can then read
+            only its rank's shards (``trainer.shard_examples``).
     """
 
     history_length: int = 256
     min_history: int = 1
+    shard_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.history_length < 1:
             raise ValueError(f"examples.history_length must be >= 1, got {self.history_length}")
         if self.min_history < 0:
             raise ValueError(f"examples.min_history must be >= 0, got {self.min_history}")
+        if self.shard_rows < 0:
+            raise ValueError(f"examples.shard_rows must be >= 0 (0: one file per split), got {self.shard_rows}")
 
 
 def user_positives(events: pl.DataFrame) -> pl.DataFrame:

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from data_pipeline.bundle import SPLIT_FILES, write_manifest
+from data_pipeline.bundle import remove_splits, write_manifest, write_split
 from data_pipeline.examples import LABEL_COLUMNS, ExampleConfig, build_examples, user_positives
 from data_pipeline.ingest import ingest, write_rejects
 from data_pipeline.items import ItemEmbeddingConfig, item_embeddings
@@ -113,8 +113,8 @@ def prepare(cfg: PrepConfig, source: SourceData | None = None) -> dict[str, Any]
     ingested = ingest(source, cfg.max_reject_share)
     if out_dir.exists():
         # A bundle is rewritten as a whole; stale split files must not survive.
-        for name in ("manifest.json", *SPLIT_FILES.values()):
-            (out_dir / name).unlink(missing_ok=True)
+        (out_dir / "manifest.json").unlink(missing_ok=True)
+        remove_splits(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rejects_path = write_rejects(ingested.rejects, out_dir, source.name)
     done("ingest")
@@ -153,7 +153,7 @@ def prepare(cfg: PrepConfig, source: SourceData | None = None) -> dict[str, Any]
     users, user_feature_cards = encode_user_features(ingested.users, source.user_features)
     users.write_parquet(out_dir / "users.parquet")
     for split, frame in examples.items():
-        frame.write_parquet(out_dir / SPLIT_FILES[split])
+        write_split(out_dir, split, frame, cfg.examples.shard_rows)
     _session_table(events, sessions).write_parquet(out_dir / "sessions.parquet")
     positives.write_parquet(out_dir / "positives.parquet")
     np.save(out_dir / "item_embeddings.npy", embeddings)

@@ -78,7 +78,9 @@ class TrainerConfig:
     """Optimisation and bookkeeping.
 
     Attributes:
-        batch_size: examples per step (per process under torchrun).
+        batch_size: examples per optimiser step, over all processes: under torchrun each
+            of N ranks takes ``batch_size / N`` of every batch (N must divide it), so a run
+            sees the same global batches on any number of processes.
         max_steps: stop after this many optimiser steps (0: use max_epochs).
         max_epochs: stop after this many passes over the training examples.
         eval_every: validate every this many steps (0: once per epoch).
@@ -87,7 +89,16 @@ class TrainerConfig:
         checkpoint_every: write ``last.pt`` every this many steps (and at every validation).
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         precision: ``auto`` (bf16 autocast on GPU, fp32 on CPU), ``bf16`` or ``fp32``.
-        threads: torch intra-op threads on CPU (0: torch's default).
+        threads: torch intra-op threads on CPU (0: torch's default; use 1 per process
+            when several processes share a few cores).
+        table_optimizer: under torchrun, the optimiser of the embedding tables that
+            torchrec shards (fused into their backward pass): ``auto`` (``adam`` on CUDA;
+            ``adagrad`` on CPU, whose fused kernels have no Adam), ``adam``, ``adagrad``,
+            ``rowwise_adagrad`` or ``sgd``. A single process trains them with AdamW.
+        shard_examples: under torchrun, each rank reads only its own shards of the
+            training split (a bundle made with ``examples.shard_rows``) and draws its
+            batches from them; off, every rank reads the whole split and takes its columns
+            of the single-process batches.
     """
 
     batch_size: int = 256
@@ -108,6 +119,8 @@ class TrainerConfig:
     precision: str = "auto"
     threads: int = 0
     show_progress: bool = True
+    table_optimizer: str = "auto"
+    shard_examples: bool = False
 
 
 @dataclass

@@ -199,20 +199,24 @@ def epoch_batches(
     world_size: int = 1,
     bucket_batches: int = 32,
 ) -> np.ndarray:
-    """The batches of one epoch as ``[num_batches, batch_size]`` example rows.
+    """The batches of one epoch as ``[num_batches, batch_size // world_size]`` example rows.
 
     A function of (seed, epoch) alone, so that a resumed run sees exactly the batches an
     uninterrupted one would. Examples are shuffled, then sorted by history length inside
     windows of ``bucket_batches`` batches: a batch is padded to its longest history, and
     with skewed lengths (Amazon: mean 8, max 50) random batches would be mostly padding.
     The batch order is shuffled again so that lengths do not trend through the epoch.
-    Ranks take strided shares cut to equal length (every rank runs the same steps); the
-    last incomplete batch is dropped (stable shapes).
+    The last incomplete batch is dropped (stable shapes).
+
+    ``batch_size`` is the global batch: under data parallelism rank ``r`` takes the
+    strided columns ``r::world_size`` of every batch, so the ranks together see exactly
+    the batches of a single-process run (and, the columns being length-sorted, equally
+    long histories), whatever the number of ranks.
     """
+    if batch_size % world_size:
+        raise ValueError(f"batch_size={batch_size} must be divisible by world_size={world_size}")
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(history_lengths.size)
-    per_rank = history_lengths.size // world_size
-    order = order[rank::world_size][:per_rank]
     num_batches = order.size // batch_size
     order = order[: num_batches * batch_size]
     window = max(1, bucket_batches) * batch_size
@@ -220,7 +224,7 @@ def epoch_batches(
         chunk = order[start : start + window]
         order[start : start + window] = chunk[np.argsort(history_lengths[chunk], kind="stable")]
     batches = order.reshape(num_batches, batch_size)
-    return batches[rng.permutation(num_batches)]
+    return batches[rng.permutation(num_batches)][:, rank::world_size]
 
 
 def iterate_batches(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import torch
 
 from data_pipeline.examples import ExampleConfig
 from data_pipeline.items import ItemEmbeddingConfig
@@ -27,6 +29,16 @@ def tiny_prep_config(out_dir: Path, **synthetic: int) -> PrepConfig:
         semantic_ids=SemanticIdConfig(levels=3, codebook_size=16, iterations=10),
         show_progress=False,
     )
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Beam search on tiny tensors: one intra-op thread is faster, and on a busy 2-core machine
+    OpenMP's barriers make two threads many times slower. Restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ REQUIRED = {
     "reward": ["data_dir=/tmp/bundle"],
     "align": ["data_dir=/tmp/bundle", "init_run=/tmp/run", "reward_run=/tmp/reward"],
     "simulate": ["data_dir=/tmp/bundle", "runs=[/tmp/run]"],
-    "export": ["run_dir=/tmp/run"],
+    "export": ["run_dir=/tmp/run", "out_dir=/tmp/artefact"],
     "serve": ["artefact=/tmp/artefact"],
     "demo": [],
 }

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--names", nargs="+", default=list(BASELINES))
     parser.add_argument("--time-budget-min", type=float, default=0.0, help="SASRec training time limit (0: none)")
     parser.add_argument("--max-epochs", type=int, default=SASRecConfig.max_epochs)
+    parser.add_argument("--objective", default=SASRecConfig.objective, choices=["all", "last"])
+    parser.add_argument("--batch-size", type=int, default=SASRecConfig.batch_size)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
@@ -37,7 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     cfg = SASRecConfig(
-        time_budget_min=args.time_budget_min, max_epochs=args.max_epochs, threads=args.threads, seed=args.seed, device=args.device
+        time_budget_min=args.time_budget_min,
+        max_epochs=args.max_epochs,
+        objective=args.objective,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        seed=args.seed,
+        device=args.device,
     )
     results = run_baselines(Bundle.open(args.data_dir), args.split, args.names, args.out_dir, sasrec_config=cfg)
     print(json.dumps({"split": args.split, **results}, indent=2))

@@ -10,10 +10,15 @@ recent item is always the last column. Positions count from a sequence's first r
 (as RecBole's right padding does), so left padding changes nothing and the output at step
 ``t`` during training sees exactly what a ranking of the prefix ``[:t+1]`` sees.
 
-Training data is one sequence per user: their items before the validation target, read off
-the train split (an example's history + target is the user's sequence up to that target).
-Every position predicts its next item at once. Users with more than ``max_len`` training
-items give several windows of ``max_len + 1`` items whose targets tile the sequence.
+Training targets are every item before a user's validation target, read off the train split
+(an example's history + target is the user's sequence up to that target). Two objectives:
+
+- ``last`` (default, RecBole's): every train example (every prefix) is its own sequence and
+  only its last position is scored. On Amazon Beauty it reaches test Recall@10 0.082 (valid
+  0.101), above RecBole's 0.079.
+- ``all`` (the paper's): one sequence per user, the next item predicted at every position at
+  once; users longer than ``max_len`` give several windows whose targets tile the sequence.
+  The same targets for ~7x less transformer compute, but only valid 0.092 / test 0.072.
 """
 
 from __future__ import annotations
@@ -45,11 +50,13 @@ VALID_METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
 @dataclass
 class SASRecConfig:
-    """Model and training settings; the defaults are RecBole's ``SASRec.yaml`` + ``overall.yaml``
-    except ``batch_size``, which counts user sequences here (about 6 targets each on Beauty),
-    not single-target examples (RecBole: 2048).
+    """Model and training settings; the defaults are RecBole's ``SASRec.yaml`` + ``overall.yaml``.
+    ``batch_size`` counts training sequences: one per example with ``objective="last"``
+    (RecBole's 2048), one per user with ``"all"`` (about 6 targets each on Beauty: use ~256).
 
     Attributes:
+        objective: ``all`` (next item at every position of a user's sequence) or ``last``
+            (RecBole: one sequence per training example, scored at its last position).
         valid_metric: early-stopping metric on the validation split (``ndcg@10``, ``recall@10`` ...).
         patience: epochs without a better ``valid_metric`` before stopping (RecBole: stopping_step).
         time_budget_min: stop training after this many minutes (0: no limit); the best weights are kept.
@@ -67,7 +74,8 @@ class SASRecConfig:
     init_range: float = 0.02
     lr: float = 1e-3
     weight_decay: float = 0.0
-    batch_size: int = 256
+    objective: str = "last"
+    batch_size: int = 2048
     max_epochs: int = 200
     patience: int = 10
     valid_metric: str = "ndcg@10"
@@ -82,6 +90,8 @@ class SASRecConfig:
             raise ValueError(f"hidden={self.hidden} is not divisible by heads={self.heads}")
         if self.max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {self.max_len}")
+        if self.objective not in ("all", "last"):
+            raise ValueError(f"objective={self.objective!r}; expected 'all' or 'last'")
         if self.valid_metric not in VALID_METRICS:
             raise ValueError(f"valid_metric={self.valid_metric!r}; expected one of {VALID_METRICS}")
 
@@ -166,15 +176,18 @@ class SASRec(nn.Module):
         return hidden @ self.item_embedding.weight[1:].T
 
 
-def sequence_loss(model: SASRec, sequences: torch.Tensor) -> torch.Tensor:
+def sequence_loss(model: SASRec, sequences: torch.Tensor, last_only: bool = False) -> torch.Tensor:
     """Mean next-item cross-entropy over every real (input, target) pair.
 
     Args:
         sequences: ``[B, T + 1]`` left-padded tokens; inputs are ``[:, :-1]``, targets ``[:, 1:]``.
+        last_only: score only the last position of each sequence (RecBole's objective).
     """
     inputs, targets = sequences[:, :-1], sequences[:, 1:]
     hidden = model(inputs)  # (B, T, D)
     real = (inputs > 0) & (targets > 0)  # the first real item is a target, never an input's prediction
+    if last_only:
+        real[:, :-1] = False
     logits = model.logits(hidden[real])  # (N, num_items)
     return F.cross_entropy(logits, targets[real] - 1)
 
@@ -204,18 +217,19 @@ def left_pad(values: np.ndarray, lengths: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
-def training_sequences(train: pl.DataFrame, max_len: int, history_length: int) -> np.ndarray:
+def training_sequences(train: pl.DataFrame, max_len: int, history_length: int, every_example: bool = False) -> np.ndarray:
     """One ``max_len + 1``-token window per user (more for long users) from a train split.
 
     An example's ``history + target`` is the user's sequence up to that target, its history
     cut to ``history_length``. Taking every ``min(max_len, history_length)``-th example from
     the user's last one gives windows whose targets tile the sequence exactly when targets
     are single items (Amazon); with longer target sessions they roughly do.
+    ``every_example`` keeps one window per example instead (RecBole's prefixes).
 
     Returns:
         ``[S, max_len + 1]`` left-padded tokens.
     """
-    stride = max(1, min(max_len, history_length))
+    stride = 1 if every_example else max(1, min(max_len, history_length))
     picked = (
         train.sort("user_idx", "session_idx")
         .with_columns(pl.int_range(pl.len()).reverse().over("user_idx").alias("_from_end"))
@@ -227,7 +241,13 @@ def training_sequences(train: pl.DataFrame, max_len: int, history_length: int) -
 
 
 def train_epoch(
-    model: SASRec, optimizer: torch.optim.Optimizer, sequences: np.ndarray, batch_size: int, seed: int, epoch: int
+    model: SASRec,
+    optimizer: torch.optim.Optimizer,
+    sequences: np.ndarray,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    last_only: bool = False,
 ) -> float:
     """One pass over ``[S, T + 1]`` sequences in length-bucketed batches; returns the mean loss."""
     model.train()
@@ -238,7 +258,7 @@ def train_epoch(
     for rows in batches:
         width = int(lengths[rows].max())
         batch = torch.from_numpy(sequences[rows, -width:]).to(device)  # (B, width)
-        loss = sequence_loss(model, batch)
+        loss = sequence_loss(model, batch, last_only)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -292,7 +312,8 @@ def _train(bundle: Bundle, out: Path, cfg: SASRecConfig) -> Path:
     device = torch.device(cfg.device)
     model = SASRec(bundle.num_items, cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sequences = training_sequences(bundle.split("train"), cfg.max_len, bundle.history_length)
+    last_only = cfg.objective == "last"
+    sequences = training_sequences(bundle.split("train"), cfg.max_len, bundle.history_length, every_example=last_only)
     valid = ExampleSet(bundle.split("valid"), cfg.max_len, bundle.target_items)
     log.info("SASRec: %d training sequences, %d items, %d validation users", len(sequences), bundle.num_items, len(valid))
 
@@ -300,7 +321,7 @@ def _train(bundle: Bundle, out: Path, cfg: SASRecConfig) -> Path:
     best_value, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     history: list[dict[str, Any]] = []
     for epoch in range(1, cfg.max_epochs + 1):
-        loss = train_epoch(model, optimizer, sequences, cfg.batch_size, cfg.seed, epoch)
+        loss = train_epoch(model, optimizer, sequences, cfg.batch_size, cfg.seed, epoch, last_only)
         rankings = sasrec_rankings(model, valid, top_k=10, batch_size=cfg.eval_batch_size)
         metrics = summarize(rankings.items, valid.targets)
         elapsed = time.monotonic() - started

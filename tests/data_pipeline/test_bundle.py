@@ -10,6 +10,7 @@ import pytest
 from data_pipeline.bundle import MANIFEST, Bundle, BundleError, sha256
 from data_pipeline.items import ItemEmbeddingConfig
 from data_pipeline.prep import PrepConfig, prepare
+from data_pipeline.schema import SCHEMA_VERSION
 from data_pipeline.semantic_ids import SemanticIdConfig
 from data_pipeline.sessions import SessionConfig
 from data_pipeline.sources.amazon_seq import AmazonSeqConfig
@@ -61,7 +62,7 @@ def test_a_folder_without_manifest_is_not_a_bundle(tmp_path: Path) -> None:
 def test_an_old_schema_version_asks_for_a_rebuild(bundle_dir: Path) -> None:
     manifest = json.loads((bundle_dir / MANIFEST).read_text())
     (bundle_dir / MANIFEST).write_text(json.dumps({**manifest, "schema_version": 0}))
-    with pytest.raises(BundleError, match="schema version 0 != 1; rebuild it with onerec-prep"):
+    with pytest.raises(BundleError, match=f"schema version 0 != {SCHEMA_VERSION}; rebuild it with onerec-prep"):
         Bundle.open(bundle_dir)
 
 

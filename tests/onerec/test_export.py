@@ -20,6 +20,7 @@ from data_pipeline.cli import UserError
 from onerec.artefact import MANIFEST, ArtefactError, load_artefact
 from onerec.checkpoint import BEST, build_model, save_atomic, save_run_config, session_length_of
 from onerec.export import (
+    BeamSharedCrossAttention,
     DenseMoE,
     ExportConfig,
     check_against_eager,
@@ -30,12 +31,13 @@ from onerec.export import (
     reference_histories,
     same_sessions,
     serving_generator,
+    specialise_for_beam,
 )
 from onerec.modules.moe import MoEArguments, dMoE
 from onerec.trie import SemanticIdTrie
 from tests.onerec.helpers import tiny_model, tiny_train_config
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("one_torch_thread")]
 
 
 def save_random_run(bundle_dir: Path, run_dir: Path, seed: int = 0) -> Path:
@@ -93,6 +95,16 @@ def test_dense_moe_equals_the_dropless_layer() -> None:
     assert float(loss) == 0.0
 
 
+def test_beam_shared_cross_attention_equals_the_repeated_memory(generators) -> None:
+    """The AOTInductor programs' cross-attention, run eagerly: same sessions as the reference."""
+    reference, generator, m = generators
+    beam = 6
+    special = specialise_for_beam(generator, beam)
+    assert all(isinstance(layer.cross_attn, BeamSharedCrossAttention) for layer in special.decoder.layers)
+    assert not any(isinstance(layer.cross_attn, BeamSharedCrossAttention) for layer in generator.decoder.layers)
+    check_against_eager(reference, lambda h, l, f, e: special.generate(h, l, f, m, beam, e, True), m, beam, "shared")
+
+
 # -- equivalence with eager --------------------------------------------------------------
 
 
@@ -139,13 +151,14 @@ def test_aoti_program_equals_eager(tiny_bundle_dir: Path, tmp_path: Path) -> Non
     # batch of one, history of one: the dynamic dimensions at their smallest
     history, lengths = torch.tensor([[7]]), torch.tensor([1])
     features = torch.zeros(1, 0, dtype=torch.long)
-    exclude = torch.zeros(1, reference.num_items, dtype=torch.bool)
+    exclude = torch.full((1, 1), -1, dtype=torch.long)  # nothing excluded
     with torch.no_grad():
         expected = reference.generate(history, lengths, features, num_items, beam, None, True)
     assert same_sessions(*compiled(history, lengths, features, exclude), *expected) is None
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # an AOTInductor compile of the whole search: minutes on 2 cores
 def test_full_artefact_with_aoti(run_dir: Path, tmp_path: Path) -> None:
     """The whole command: both programs are checked against eager before the manifest is written."""
     art = export_run(ExportConfig(run_dir=str(run_dir), out_dir=str(tmp_path / "art"), beam_size=8, aoti=True))

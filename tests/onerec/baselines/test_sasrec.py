@@ -134,3 +134,12 @@ def test_checkpoint_from_other_data_is_refused(tiny_bundle_dir: Path, tmp_path: 
     )
     with pytest.raises(ValueError, match="another bundle"):
         load_sasrec(tmp_path, bundle)
+
+
+def test_last_only_scores_the_final_position() -> None:
+    model = tiny_model()
+    sequences = torch.tensor([[0, 0, 3, 7, 9], [2, 5, 1, 4, 8]])
+    with torch.no_grad():
+        hidden = model(sequences[:, :-1])[:, -1]  # (2, D)
+        expected = torch.nn.functional.cross_entropy(model.logits(hidden), sequences[:, -1] - 1)
+        torch.testing.assert_close(sequence_loss(model, sequences, last_only=True), expected)
