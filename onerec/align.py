@@ -83,7 +83,7 @@ class AlignConfig:
     loss: str = "dpo"
     beta: float = 0.1
     label_smoothing: float = 0.0
-    dpo_weight: float = 1.0
+    dpo_weight: float = 0.5
     epochs: int = 2
     pair_batch_size: int = 32
     ntp_batch_size: int = 64

@@ -65,7 +65,7 @@ def run_demo(cfg: DemoConfig) -> Path:
     _run(
         cmd(
             "onerec-align", f"data_dir={bundle}", f"init_run={ntp}", f"reward_run={reward}", f"run_dir={ipa}",
-            f"iterations={cfg.ipa_iterations}", f"r_dpo={cfg.r_dpo}", quiet,
+            f"iterations={cfg.ipa_iterations}", f"r_dpo={cfg.r_dpo}", "eval_users=0", quiet,
         )
     )
     _run(
@@ -74,7 +74,9 @@ def run_demo(cfg: DemoConfig) -> Path:
             f"users={cfg.simulate_users}", quiet,
         )
     )
-    _run(cmd("onerec-export", f"run_dir={ipa}", f"out_dir={artefact}"))
+    # TorchScript only: the AOTInductor build (faster to serve) takes minutes of C++
+    # compilation on a small CPU; `onerec-export` without `aoti=false` adds it.
+    _run(cmd("onerec-export", f"run_dir={ipa}", f"out_dir={artefact}", "aoti=false"))
     serve_once(bin_dir, artefact, bundle)
     print(f"\nDone. Results are in {out}:")
     print(f"  bundle             {bundle}  (manifest.json, rejects.csv, items.parquet ...)")

@@ -37,10 +37,10 @@ def write_plots(
         ax.axhline(0.0, color="grey", lw=0.8)
         ax.set_xlabel("IPA iteration")
         ax.set_ylabel(f"session watch time gain vs {report['baseline']} (%)")
-        ax.set_title(f"Watch-time gain per IPA iteration (95% CI, {report['simulator']} simulator)")
+        ax.set_title(f"Watch-time gain per IPA iteration\n(95% bootstrap CI, {report['simulator']} simulator)")
         ax.set_xticks(xs)
         fig.tight_layout()
-        fig.savefig(out_dir / "ipa_gain.png", dpi=120)
+        fig.savefig(out_dir / "ipa_gain.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append("ipa_gain.png")
 
@@ -52,7 +52,7 @@ def write_plots(
     ax.set_ylabel("served session watch time (s)")
     ax.set_title(f"Session watch time per model ({report['simulator']} simulator)")
     fig.tight_layout()
-    fig.savefig(out_dir / "swt_distribution.png", dpi=120)
+    fig.savefig(out_dir / "swt_distribution.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     written.append("swt_distribution.png")
 
@@ -65,7 +65,7 @@ def write_plots(
         ax.set_title("Reward model vs simulator, served sessions")
         ax.legend(markerscale=3, fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "reward_vs_simulator.png", dpi=120)
+        fig.savefig(out_dir / "reward_vs_simulator.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append("reward_vs_simulator.png")
     return written

@@ -36,7 +36,7 @@ from onerec.bootstrap import paired_relative_gain_ci
 from onerec.checkpoint import load_run
 from onerec.data import BatchBuilder, ExampleSet, padded_histories, user_feature_matrix
 from onerec.generate import SessionGenerator
-from onerec.simulators import SessionResponse, make_simulator
+from onerec.simulators import LearnedSimulatorConfig, SessionResponse, make_simulator
 from onerec.trie import SemanticIdTrie
 
 log = logging.getLogger(__name__)
@@ -228,7 +228,9 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
     if simulator_name == "auto":
         simulator_name = "ground_truth" if bundle.has_ground_truth else "learned"
     simulator_dir = cfg.simulator_dir or str(out_dir / "learned_simulator")
-    simulator = make_simulator(simulator_name, bundle, simulator_dir)
+    # The learned simulator is trained on the users the reward model never saw.
+    sim_cfg = LearnedSimulatorConfig(show_progress=cfg.show_progress)
+    simulator = make_simulator(simulator_name, bundle, simulator_dir, sim_cfg, cfg.reward_run)
 
     cache: dict[int, ExampleSet] = {}
 
@@ -267,7 +269,7 @@ def simulate(cfg: SimulateConfig) -> dict[str, Any]:
         "command": shlex.join(["onerec-simulate", *sys.argv[1:]]) if sys.argv and "onerec-simulate" in sys.argv[0] else None,
     }
     if cfg.compare_simulator:
-        other = make_simulator(cfg.compare_simulator, bundle, simulator_dir)
+        other = make_simulator(cfg.compare_simulator, bundle, simulator_dir, sim_cfg, cfg.reward_run)
         other_base = score_sessions(other, reference_examples, models[0].sessions)["swt"][:, 0]
         agreement = {}
         for model in models[1:]:
