@@ -99,6 +99,7 @@ class TrainerConfig:
             training split (a bundle made with ``examples.shard_rows``) and draws its
             batches from them; off, every rank reads the whole split and takes its columns
             of the single-process batches.
+        label_smoothing: of the NTP cross-entropy (0: none).
     """
 
     batch_size: int = 256
@@ -121,6 +122,7 @@ class TrainerConfig:
     show_progress: bool = True
     table_optimizer: str = "auto"
     shard_examples: bool = False
+    label_smoothing: float = 0.0
 
 
 @dataclass

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def ntp_loss(logits: List[Tensor], target_codes: Tensor) -> Tensor:
+def ntp_loss(logits: List[Tensor], target_codes: Tensor, label_smoothing: float = 0.0) -> Tensor:
     """Mean cross-entropy of every code of every target item.
 
     Args:
         logits: one ``[B, m, K_l]`` tensor per level l.
         target_codes: ``[B, m, L]``.
+        label_smoothing: mass spread uniformly over level l's K_l codes (0: plain CE).
 
     Returns:
         scalar: the mean over the B·m·L predicted codes.
@@ -26,7 +27,8 @@ def ntp_loss(logits: List[Tensor], target_codes: Tensor) -> Tensor:
     total = torch.zeros((), device=target_codes.device)
     for level, level_logits in enumerate(logits):
         total = total + F.cross_entropy(
-            level_logits.float().flatten(0, 1), target_codes[:, :, level].flatten(), reduction="sum"
+            level_logits.float().flatten(0, 1), target_codes[:, :, level].flatten(), reduction="sum",
+            label_smoothing=label_smoothing,
         )
     return total / target_codes.numel()
 

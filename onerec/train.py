@@ -289,7 +289,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             output = self.network(batch)
-            ntp = ntp_loss(output.logits, batch.target_codes)
+            ntp = ntp_loss(output.logits, batch.target_codes, self.cfg.trainer.label_smoothing)
             loss = ntp + output.balance_loss
             if output.next_item_logits is not None:
                 loss = loss + self.cfg.model.next_item_loss * next_item_loss(output.next_item_logits, batch.target_items)

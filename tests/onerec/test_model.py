@@ -79,3 +79,13 @@ def test_ntp_loss_and_session_logprob_by_hand() -> None:
     # level 0: p = 1/2; level 1: p = 2/4 = 1/2  → mean CE = ln 2, log p(session) = 2 ln(1/2)
     assert ntp_loss(logits, target).item() == pytest.approx(np.log(2.0))
     assert session_logprob(logits, target).item() == pytest.approx(2 * np.log(0.5))
+
+
+def test_label_smoothing_by_hand() -> None:
+    # One level, 2 codes, p = (1/4, 3/4) and target 1. Smoothing eps spreads eps/2 on each
+    # code: CE = -(1 - eps/2) ln(3/4) - (eps/2) ln(1/4); eps = 0.2 → -0.9 ln .75 - 0.1 ln .25.
+    logits = [torch.log(torch.tensor([[[0.25, 0.75]]]))]
+    target = torch.tensor([[[1]]])
+    expected = -0.9 * np.log(0.75) - 0.1 * np.log(0.25)
+    assert ntp_loss(logits, target, label_smoothing=0.2).item() == pytest.approx(expected, rel=1e-5)
+    assert ntp_loss(logits, target).item() == pytest.approx(-np.log(0.75), rel=1e-5)
