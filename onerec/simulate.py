@@ -328,7 +328,7 @@ def render_markdown(report: dict[str, Any], cfg: SimulateConfig) -> str:
         cells = []
         for c in cols:
             v = row.get(c)
-            if v is None:
+            if v is None or v != v:  # absent, or NaN: the data has no such label (e.g. no follows)
                 cells.append("-")
             elif c.startswith("swt"):
                 cells.append(f"{v / 1000:.1f}")

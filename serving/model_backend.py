@@ -60,9 +60,10 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("aoti", "torchscript", "eager")
 #: ``runtime="auto"`` takes the first of these that the artefact holds: the order
-#: ``benchmarks/bench_serving.py`` measured (small model, history 50, beam 16, 5 items, 2-core
-#: CPU shared with training jobs): p50 at concurrency 1 was 57 ms AOTInductor, 125 ms
-#: TorchScript, 339 ms eager; throughput at concurrency 16 16.0 / 13.6 / 10.7 requests/s.
+#: ``benchmarks/bench_serving.py`` measured (small model, history 50, beam 16, 5 items, idle
+#: 2-core CPU): p50 at concurrency 1 51 ms AOTInductor, 79 ms TorchScript, 142 ms eager.
+#: At concurrency 16 TorchScript served more (45 vs 36 requests/s): pass runtime=torchscript
+#: for throughput-bound deployments.
 AUTO_ORDER = ("aoti", "torchscript", "eager")
 
 
