@@ -218,7 +218,13 @@ class RecommendReply(BaseModel):
     """``POST /v1/recommend`` answer: a session of items, best first."""
 
     items: list[Union[int, str]] = Field(description="Original item ids, best first.")
-    scores: list[float] = Field(description="One score per item, same order (higher is better).")
+    scores: list[float] = Field(
+        description=(
+            "One score per item, same order (higher is better). A generated session's items share "
+            "its mean log-probability per item (the beam is scored as a whole); the popularity "
+            "fallback scores 1 / rank."
+        )
+    )
     model_version: str
     unknown_items: list[Union[int, str]] = Field(
         description="History ids the model does not know (dropped), as the client sent them."
