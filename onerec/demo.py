@@ -10,6 +10,7 @@ as a walk-through.
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +52,14 @@ def run_demo(cfg: DemoConfig) -> Path:
 
     def cmd(name: str, *args: str) -> list[str]:
         return [str(bin_dir / name), *args]
+
+    # A second `make demo` starts afresh: the stages refuse to overwrite finished runs, so the
+    # demo removes its own outputs (only those: out_dir may hold other things).
+    previous = [p for p in (bundle, ntp, reward, ipa, report, artefact, out / "test_predictions.jsonl") if p.exists()]
+    if previous:
+        print(f"onerec-demo: replacing the previous demo results in {out}", flush=True)
+        for path in previous:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     quiet = "show_progress=false"
     _run(cmd("onerec-prep", "data=synthetic", f"out_dir={bundle}", quiet))
