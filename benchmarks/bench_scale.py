@@ -83,10 +83,6 @@ def synthetic_model_and_batches(
     return model, batches
 
 
-def batch_tokens(batch: Any) -> int:
-    return int(batch.history_lengths.sum()) + batch.target_codes.numel() + batch.target_items.numel()
-
-
 def measure_training(point: dict[str, Any]) -> dict[str, float]:
     """tokens/s, the share of a step spent on clipping + the optimiser (work proportional
     to the parameter count, the tables included) and peak memory of ``steps`` NTP steps
@@ -126,7 +122,7 @@ def measure_training(point: dict[str, Any]) -> dict[str, float]:
         if i > 0:  # the first step warms up allocators and kernels
             compute += middle - start
             optimize += time.perf_counter() - middle
-            tokens += batch_tokens(batch)
+            tokens += batch.num_tokens
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mib()
     return {"tokens_per_s": tokens / (compute + optimize), "optimizer_share": optimize / (compute + optimize), "train_peak_mib": peak}
 

@@ -132,10 +132,6 @@ def make_batches(config: ModelConfig, count: int, seed: int) -> List[Batch]:
     return batches
 
 
-def tokens(batch: Batch) -> int:
-    return int(batch.history_lengths.sum()) + batch.target_codes.numel() + batch.target_items.numel()
-
-
 def train_step_fn(model: OneRec) -> Callable[[Batch], None]:
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -152,7 +148,7 @@ def train_step_fn(model: OneRec) -> Callable[[Batch], None]:
 def tokens_per_s(step: Callable[[Batch], None], batches: List[Batch], repeats: int) -> float:
     """Median over ``repeats`` passes of total tokens / wall time, after one warm-up step."""
     step(batches[0])
-    total = sum(tokens(b) for b in batches)
+    total = sum(b.num_tokens for b in batches)
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()

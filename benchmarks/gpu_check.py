@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.bench_scale import batch_tokens, synthetic_model_and_batches
+from benchmarks.bench_scale import synthetic_model_and_batches
 
 # Relative error of the grouped path against the reference, by dtype (bf16 keeps 8 bits).
 MOE_TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 3e-2}
@@ -141,7 +141,7 @@ def check_training(device: torch.device, model_name: str, items: int, history: i
         losses.append(loss.item())  # synchronises
         if i >= 2:  # two warm-up steps (allocator, kernels, grouped-mm probe)
             elapsed += time.perf_counter() - start
-            tokens += batch_tokens(batch)
+            tokens += batch.num_tokens
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     finite = all(map(lambda v: v == v and abs(v) != float("inf"), losses))
     return {

@@ -56,6 +56,11 @@ class Batch:
     def size(self) -> int:
         return int(self.users.numel())
 
+    @property
+    def num_tokens(self) -> int:
+        """History items + target codes + target items: what tokens/s counts everywhere."""
+        return int(self.history_lengths.sum()) + self.target_codes.numel() + self.target_items.numel()
+
 
 class ExampleSet:
     """One split of a bundle held as flat numpy arrays (histories as values + offsets).

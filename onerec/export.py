@@ -543,27 +543,18 @@ def _is_canonical_int(text: str) -> bool:
         return False
 
 
+def _export_and_report(cfg: ExportConfig) -> None:
+    artefact = export_run(cfg)
+    manifest = artefact.manifest
+    print(f"artefact: {artefact.path}  model_version={artefact.model_version}")
+    print(f"  session_length={artefact.session_length} beam_size={artefact.beam_size} max_history={artefact.max_history}")
+    print(f"  runtimes: {', '.join(k for k, v in manifest['runtimes'].items() if v)}; timings: {manifest['timings']}")
+
+
 def main() -> None:
-    import hydra
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import DictConfig
+    from onerec.stages import hydra_main
 
-    from data_pipeline.cli import CONF_DIR, clear_errors, setup_logging
-
-    ConfigStore.instance().store(name="export_schema", node=ExportConfig)
-
-    @hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
-    @clear_errors("onerec-export")
-    def run(cfg: DictConfig) -> None:
-        setup_logging()
-        export_cfg: ExportConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-        artefact = export_run(export_cfg)
-        manifest = artefact.manifest
-        print(f"artefact: {artefact.path}  model_version={artefact.model_version}")
-        print(f"  session_length={artefact.session_length} beam_size={artefact.beam_size} max_history={artefact.max_history}")
-        print(f"  runtimes: {', '.join(k for k, v in manifest['runtimes'].items() if v)}; timings: {manifest['timings']}")
-
-    run()
+    hydra_main("export", "onerec-export", _export_and_report)
 
 
 if __name__ == "__main__":

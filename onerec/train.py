@@ -335,7 +335,7 @@ class Trainer:
             for batch in iterate_batches(self.builder, self.train_set, batches, first):
                 metrics = self.train_step(batch)
                 self.state.step += 1
-                tokens += int(batch.history_lengths.sum()) + batch.target_codes.numel() + batch.target_items.numel()
+                tokens += batch.num_tokens
                 examples += batch.size
                 bar.update(1)
                 if self.state.step % tcfg.log_every == 0 or self.state.step == self.total_steps:

@@ -43,39 +43,31 @@ def server_config(cfg: ServeCommandConfig, session_length: int) -> ServeConfig:
     return ServeConfig(**values)
 
 
+def serve(command: ServeCommandConfig) -> None:
+    """Load the artefact and serve it until interrupted."""
+    from serving.model_backend import ArtefactBackend
+    from serving.server import run
+
+    backend = ArtefactBackend(
+        command.artefact,
+        command.runtime,
+        threads=command.threads,
+        num_runners=command.num_workers,
+        verify=command.verify,
+    )
+    config = server_config(command, backend.session_length)
+    print(
+        f"onerec-serve: {command.artefact} model_version={backend.model_version} runtime={backend.runtime} "
+        f"on http://{config.host}:{config.port}",
+        flush=True,
+    )
+    run(config, backend)
+
+
 def main() -> None:
-    import hydra
-    from hydra.core.config_store import ConfigStore
-    from omegaconf import DictConfig, OmegaConf
+    from onerec.stages import hydra_main
 
-    from data_pipeline.cli import CONF_DIR, clear_errors, setup_logging
-
-    ConfigStore.instance().store(name="serve_schema", node=ServeCommandConfig)
-
-    @hydra.main(config_path=CONF_DIR, config_name="serve", version_base="1.3")
-    @clear_errors("onerec-serve")
-    def serve(cfg: DictConfig) -> None:
-        setup_logging()
-        command: ServeCommandConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
-        from serving.model_backend import ArtefactBackend
-        from serving.server import run
-
-        backend = ArtefactBackend(
-            command.artefact,
-            command.runtime,
-            threads=command.threads,
-            num_runners=command.num_workers,
-            verify=command.verify,
-        )
-        config = server_config(command, backend.session_length)
-        print(
-            f"onerec-serve: {command.artefact} model_version={backend.model_version} runtime={backend.runtime} "
-            f"on http://{config.host}:{config.port}",
-            flush=True,
-        )
-        run(config, backend)
-
-    serve()
+    hydra_main("serve", "onerec-serve", serve)
 
 
 if __name__ == "__main__":
