@@ -6,11 +6,11 @@ Run from the repository root::
 
 What it does, all on loopback:
 
-1. Builds (once, cached under ``--work-dir``) a synthetic bundle with sessions of 5 items, a
-   randomly initialised ``small`` model (``conf/model/small.yaml``: d_model 128, 2 + 2 layers,
-   4 experts top-2; latency does not depend on training) and its artefact with
-   ``onerec-export`` (beam 16, an AOTInductor program for 5 items: minutes of C++ compiling
-   the first time).
+1. Builds (once, cached under ``--work-dir``; ``--rebuild`` exports again) a synthetic
+   bundle with sessions of 5 items, a randomly initialised ``small`` model
+   (``conf/model/small.yaml``: d_model 128, 2 + 2 layers, 4 experts top-2; latency does not
+   depend on training) and its artefact with ``onerec-export`` (beam 16, an AOTInductor
+   program for 5 items: minutes of C++ compiling the first time).
 2. For each runtime, starts ``python -m serving artefact=... runtime=...`` in its own
    subprocess with ``conf/serve.yaml``'s settings, warms it up, and drives it with
    :mod:`benchmarks.load_generator` (closed loop, one keep-alive connection per client) at each
@@ -40,11 +40,14 @@ from typing import Any
 from benchmarks.load_generator import LoadReport, run_load
 
 #: Rows of the table: name -> (runtime, extra onerec-serve overrides). ``eager_unbatched`` is the
-#: naive server (one request per model call), for what dynamic batching itself buys.
+#: naive server (one request per model call), for what dynamic batching itself buys. ``aoti``
+#: runs lone requests on AOTInductor and batches on TorchScript (conf/serve.yaml's
+#: ``aoti_max_batch``); ``aoti_all`` runs every batch on AOTInductor.
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "eager": ("eager", []),
     "torchscript": ("torchscript", []),
     "aoti": ("aoti", []),
+    "aoti_all": ("aoti", ["aoti_max_batch=0"]),
     "eager_unbatched": ("eager", ["max_batch_size=1"]),
 }
 HISTORY_LENGTH = 50
@@ -56,8 +59,9 @@ BEAM_SIZE = 16
 # The artefact.
 
 
-def build_artefact(work: Path) -> Path:
-    """Bundle → random small model run → artefact, each step skipped when already there."""
+def build_artefact(work: Path, rebuild: bool = False) -> Path:
+    """Bundle → random small model run → artefact, each step skipped when already there
+    (``rebuild``: export the artefact again, e.g. after a change to the generator)."""
     import torch
 
     from data_pipeline.bundle import Bundle
@@ -90,6 +94,8 @@ def build_artefact(work: Path) -> Path:
         model = build_model(cfg, bundle, session_length_of(cfg, bundle))
         save_run_config(cfg, run_dir)
         save_atomic({"model": model.state_dict()}, run_dir / BEST)
+    if rebuild:
+        shutil.rmtree(artefact_dir, ignore_errors=True)
     if not (artefact_dir / "manifest.json").is_file():
         print(f"[bench] exporting to {artefact_dir} (TorchScript, then torch.export + AOTInductor: minutes)", flush=True)
         start = time.perf_counter()
@@ -228,16 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per concurrency level")
     parser.add_argument("--json-out", default=None)
+    parser.add_argument("--rebuild", action="store_true", help="export the artefact again (minutes)")
     parser.add_argument("serve_overrides", nargs="*", help="extra onerec-serve overrides, e.g. max_batch_size=16")
     args = parser.parse_args(argv)
 
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    artefact = build_artefact(work)
+    artefact = build_artefact(work, rebuild=args.rebuild)
     manifest = json.loads((artefact / "manifest.json").read_text())
     item_ids = catalogue(artefact)
     print(f"[bench] artefact {artefact} model_version={manifest['model_version']} items={len(item_ids)} "
-          f"beam={manifest['beam_size']} aoti compile {manifest['timings'].get('aoti_compile_s')} s; "
+          f"beam={manifest['beam_size']} exported {manifest['created']}, aoti compile {manifest['timings'].get('aoti_compile_s')} s; "
           f"cpus={os.cpu_count()}", flush=True)
 
     results: dict[str, dict[int, LoadReport]] = {}

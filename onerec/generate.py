@@ -2,10 +2,11 @@
 
 :class:`SessionGenerator` is an inference snapshot of a trained :class:`OneRec`: it reads
 dense padded histories (no torchrec at inference, so it can be TorchScript-compiled and
-served), encodes them once, then walks ``m`` items × ``L`` codes. At every step each beam
-expands only into the children of its trie node, so every emitted item exists; at an
-item's last code, items already in the beam's session (or excluded by the caller) are
-removed. Scores are sums of the model's log-probabilities.
+served), encodes them once, then walks ``m`` items × ``L`` codes: one decoder step per code
+(an item's last code enters with the next item's BOS), the beams of a user sharing its
+encoder memory. At every step each beam expands only into the children of its trie node,
+so every emitted item exists; at an item's last code, items already in the beam's session
+(or excluded by the caller) are removed. Scores are sums of the model's log-probabilities.
 
 :func:`reference_beam_search` is the plain version: one user at a time, Python lists, the
 whole decoder re-run on the prefix at every step (no cache). Tests check both agree.
@@ -179,10 +180,8 @@ class SessionGenerator(nn.Module):
         k = beam_size
         n = b * k
         memory, mask = self.encode(history, lengths, user_features)
+        # One memory per user, shared by its k beams (rows b*k .. b*k + k - 1): never repeated.
         memory_keys, memory_values = self.decoder.memory_kv(memory)
-        memory_keys = [m.repeat_interleave(k, dim=0) for m in memory_keys]
-        memory_values = [m.repeat_interleave(k, dim=0) for m in memory_values]
-        mask = mask.repeat_interleave(k, dim=0)
         self_keys, self_values = self.decoder.empty_cache(n, device, memory.dtype)
 
         # Only beam 0 is alive at the start, so the first expansion has no duplicates.
@@ -202,9 +201,9 @@ class SessionGenerator(nn.Module):
         for j in range(num_items):
             for level in range(self.num_levels):
                 hidden, self_keys, self_values = self.decoder.step(
-                    x, self_keys, self_values, memory_keys, memory_values, mask
+                    x, self_keys, self_values, memory_keys, memory_values, mask, k
                 )
-                log_probs = self.level_log_probs(hidden[:, 0], level)  # (N, K_l)
+                log_probs = self.level_log_probs(hidden[:, -1], level)  # (N, K_l)
                 if constrained:
                     width = self.max_children[level]
                     arange = torch.arange(width, device=device)[None, :]
@@ -255,12 +254,10 @@ class SessionGenerator(nn.Module):
                 else:
                     node = chosen_next
             if j + 1 < num_items:
-                # Feed the item's last code (its output predicts nothing), then BOS.
-                _, self_keys, self_values = self.decoder.step(
-                    x, self_keys, self_values, memory_keys, memory_values, mask
-                )
+                # The item's last code (its output predicts nothing) and the next BOS go in
+                # together: one decoder step of two tokens instead of two steps.
                 position += 1
-                x = self.bos_token(n, position)
+                x = torch.cat([x, self.bos_token(n, position)], dim=1)  # (N, 2, D)
         dead = torch.isinf(scores)
         items = torch.where(dead[:, None], torch.full_like(items, -1), items)
         return items.view(b, k, num_items), scores.view(b, k)

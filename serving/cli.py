@@ -26,12 +26,15 @@ class ServeCommandConfig(ServeConfig):
         runtime: ``auto`` (the runtime measured fastest, see serving.model_backend.AUTO_ORDER),
             ``aoti``, ``torchscript`` or ``eager``.
         threads: torch intra-op threads (0: torch's default, one per core).
+        aoti_max_batch: with the AOTInductor runtime, batches of more requests run on
+            TorchScript (0: never), which computes on several worker threads at once.
         verify: check every artefact file's sha256 at start-up.
     """
 
     artefact: str = "???"
     runtime: str = "auto"
     threads: int = 0
+    aoti_max_batch: int = 0
     verify: bool = True
 
 
@@ -53,6 +56,7 @@ def serve(command: ServeCommandConfig) -> None:
         command.runtime,
         threads=command.threads,
         num_runners=command.num_workers,
+        aoti_max_batch=command.aoti_max_batch,
         verify=command.verify,
     )
     config = server_config(command, backend.session_length)

@@ -18,7 +18,8 @@ versions checked) and answers a batch of requests with **one** beam-search call 
    exclusions left no legal session) gets the popularity answer too.
 
 Runtimes (``runtime=``): ``aoti`` (the torch.export + AOTInductor programs; a ``num_items``
-without a compiled program runs on TorchScript), ``torchscript``, ``eager`` (the plain PyTorch
+without a compiled program, and batches of more than ``aoti_max_batch`` requests, run on
+TorchScript), ``torchscript``, ``eager`` (the plain PyTorch
 generator rebuilt from the weights: the reference), and ``auto``: the first of
 :data:`AUTO_ORDER` the artefact holds. The order is what ``benchmarks/bench_serving.py``
 measured (README: serving latency).
@@ -61,9 +62,9 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("aoti", "torchscript", "eager")
 #: ``runtime="auto"`` takes the first of these that the artefact holds: the order
 #: ``benchmarks/bench_serving.py`` measured (small model, history 50, beam 16, 5 items, idle
-#: 2-core CPU): p50 at concurrency 1 51 ms AOTInductor, 79 ms TorchScript, 142 ms eager.
-#: At concurrency 16 TorchScript served more (45 vs 36 requests/s): pass runtime=torchscript
-#: for throughput-bound deployments.
+#: 2-core CPU, README): at concurrency 1 p50 48 ms AOTInductor, 67 ms TorchScript, 99 ms
+#: eager; at concurrency 16, with ``aoti_max_batch=1`` sending batches to TorchScript, 65
+#: requests/s (TorchScript alone 64, AOTInductor for every batch 33: it keeps the GIL).
 AUTO_ORDER = ("aoti", "torchscript", "eager")
 
 
@@ -104,21 +105,30 @@ class _EagerRuntime:
 
 
 class _AotiRuntime:
-    """One compiled program per exported ``num_items``; other lengths go to TorchScript."""
+    """One compiled program per exported ``num_items``; other lengths, and batches of more than
+    ``max_batch`` requests (0: no limit), go to TorchScript.
+
+    Why the batch limit: torch's AOTInductor binding keeps the GIL for the whole call
+    (measured: a Python thread barely runs while a program does), so AOTInductor calls never
+    overlap with each other or with the HTTP event loop, while TorchScript releases the GIL and
+    the server's worker threads compute side by side. AOTInductor is the fastest for a
+    request alone; under load, the batches are large and TorchScript serves more.
+    """
 
     name = "aoti"
 
-    def __init__(self, artefact: Artefact, num_runners: int) -> None:
+    def __init__(self, artefact: Artefact, num_runners: int, max_batch: int = 0) -> None:
         self.programs = {m: artefact.load_aoti(m, num_runners=num_runners) for m in artefact.aoti_num_items}
         self.num_catalogue_items = artefact.num_items
         self.max_history = artefact.max_history
+        self.max_batch = max_batch
         self.fallback = _TorchScriptRuntime(artefact)
 
     def generate(
         self, history: Tensor, lengths: Tensor, features: Tensor, num_items: int, exclude: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         program = self.programs.get(num_items)
-        if program is None:
+        if program is None or 0 < self.max_batch < history.shape[0]:
             return self.fallback.generate(history, lengths, features, num_items, exclude)
         # The program was traced for histories within max_history (longer ones are cut first).
         assert history.shape[1] <= self.max_history, "histories must be cut to max_history"
@@ -158,6 +168,8 @@ class ArtefactBackend:
         runtime: ``auto``, ``aoti``, ``torchscript`` or ``eager``.
         threads: torch intra-op threads for this process (0: leave torch's setting).
         num_runners: AOTInductor programs that may run at once (the server's worker threads).
+        aoti_max_batch: with ``runtime=aoti``, batches of more requests run on TorchScript
+            (0: never; see ``_AotiRuntime``).
         verify: check every file's sha256 on load (versions are always checked).
 
     Attributes:
@@ -174,6 +186,7 @@ class ArtefactBackend:
         *,
         threads: int = 0,
         num_runners: int = 1,
+        aoti_max_batch: int = 0,
         verify: bool = True,
     ) -> None:
         self.artefact = load_artefact(path, verify=verify)
@@ -201,7 +214,7 @@ class ArtefactBackend:
 
         self._runner: _Runtime
         if self.runtime == "aoti":
-            self._runner = _AotiRuntime(art, num_runners=max(1, num_runners))
+            self._runner = _AotiRuntime(art, num_runners=max(1, num_runners), max_batch=aoti_max_batch)
         elif self.runtime == "torchscript":
             self._runner = _TorchScriptRuntime(art)
         else:

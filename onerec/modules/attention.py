@@ -51,6 +51,26 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
+    def attend_beams(self, x: Tensor, keys: Tensor, values: Tensor, mask: Optional[Tensor], beams: int) -> Tensor:
+        """Queries of ``beams`` beams per source row over that row's keys, read once.
+
+        A beam search keeps ``beams`` hypotheses per user, all attending to the same encoder
+        memory. Rather than repeating the memory per beam (``beams`` times the memory reads
+        at every step), the beams of a user become ``beams * T`` queries of one attention
+        call: the same result, 1/beams of the key/value traffic.
+
+        Args:
+            x: ``[B * beams, T, D]``, rows ``b * beams .. b * beams + beams - 1`` are row
+                ``b``'s beams.
+            keys / values: ``[B, H, S, Dh]``.
+            mask: bool ``[B, 1, 1, S]`` or None; True = may attend.
+        """
+        n, t, _ = x.shape
+        b = n // beams
+        q = self.query(x).view(b, beams * t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, k*T, Dh)
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, k*T, Dh)
+        return self.out(y.transpose(1, 2).reshape(n, t, self.num_heads * self.head_dim))
+
     def forward(self, x: Tensor, source: Tensor, mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         keys, values = self.project_kv(source)
         return self.attend(x, keys, values, mask, is_causal)

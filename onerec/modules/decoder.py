@@ -1,14 +1,15 @@
 """The session decoder: causal self-attention, cross-attention to the history, sparse MoE.
 
 Training runs the whole teacher-forced session at once (:meth:`SessionDecoder.forward`);
-generation runs one token at a time with a self-attention KV cache and cross-attention
-keys projected once (:meth:`SessionDecoder.step`). Both paths share every weight, and a
-test checks that stepping reproduces the full forward pass.
+generation runs a few tokens at a time with a self-attention KV cache and cross-attention
+keys projected once per user and shared by the user's beams (:meth:`SessionDecoder.step`).
+Both paths share every weight, and a test checks that stepping reproduces the full forward
+pass.
 """
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -43,19 +44,30 @@ class DecoderLayer(nn.Module):
         return x + self.dropout(h), balance_loss
 
     def step(
-        self, x: Tensor, self_k: Tensor, self_v: Tensor, memory_k: Tensor, memory_v: Tensor, memory_mask: Tensor
+        self,
+        x: Tensor,
+        self_k: Tensor,
+        self_v: Tensor,
+        memory_k: Tensor,
+        memory_v: Tensor,
+        memory_mask: Tensor,
+        self_mask: Optional[Tensor],
+        beams: int,
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """One new token ``x [N, 1, D]`` given cached keys/values ``[N, H, t, Dh]``.
+        """New tokens ``x [N, T, D]`` given cached keys/values ``[N, H, t, Dh]``.
 
-        Returns the new ``x`` and the caches grown to ``t + 1``.
+        ``N = B * beams`` sequences whose memory ``[B, H, S, Dh]`` (mask ``[B, 1, 1, S]``) is
+        shared by each group of ``beams`` consecutive rows. ``self_mask`` (bool, broadcastable
+        to ``[N, H, T, t + T]``) is required when ``T > 1``: new token i sees the cache and new
+        tokens 0..i. Returns the new ``x`` and the caches grown to ``t + T``.
         """
         h = self.self_norm(x)
         k, v = self.self_attn.project_kv(h)
         self_k = torch.cat([self_k, k], dim=2)
         self_v = torch.cat([self_v, v], dim=2)
-        x = x + self.self_attn.attend(h, self_k, self_v, None, False)
+        x = x + self.self_attn.attend(h, self_k, self_v, self_mask, False)
         h = self.cross_norm(x)
-        x = x + self.cross_attn.attend(h, memory_k, memory_v, memory_mask, False)
+        x = x + self.cross_attn.attend_beams(h, memory_k, memory_v, memory_mask, beams)
         h, _ = self.moe(self.ffn_norm(x))
         return x + h, self_k, self_v
 
@@ -104,13 +116,26 @@ class SessionDecoder(nn.Module):
         memory_keys: List[Tensor],
         memory_values: List[Tensor],
         memory_mask: Tensor,
+        beams: int = 1,
     ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-        """One token per sequence: ``x [N, 1, D]`` → ``([N, 1, D], grown caches)``."""
+        """``T`` new tokens per sequence: ``x [N, T, D]`` → ``([N, T, D], grown caches)``.
+
+        Caches are ``[N, H, t, Dh]``; memory keys/values ``[N / beams, H, S, Dh]``, shared by
+        each group of ``beams`` consecutive sequences (see :meth:`DecoderLayer.step`).
+        """
+        new_tokens = x.shape[1]
+        self_mask: Optional[Tensor] = None
+        if new_tokens > 1:
+            cached = self_keys[0].shape[2]
+            query = torch.arange(new_tokens, device=x.device)[:, None] + cached
+            self_mask = torch.arange(cached + new_tokens, device=x.device)[None, :] <= query  # (T, t + T)
         new_keys: List[Tensor] = []
         new_values: List[Tensor] = []
         i = 0
         for layer in self.layers:
-            x, k, v = layer.step(x, self_keys[i], self_values[i], memory_keys[i], memory_values[i], memory_mask)
+            x, k, v = layer.step(
+                x, self_keys[i], self_values[i], memory_keys[i], memory_values[i], memory_mask, self_mask, beams
+            )
             new_keys.append(k)
             new_values.append(v)
             i += 1

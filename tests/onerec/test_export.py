@@ -20,7 +20,6 @@ from data_pipeline.cli import UserError
 from onerec.artefact import MANIFEST, ArtefactError, load_artefact
 from onerec.checkpoint import BEST, build_model, save_atomic, save_run_config, session_length_of
 from onerec.export import (
-    BeamSharedCrossAttention,
     DenseMoE,
     ExportConfig,
     check_against_eager,
@@ -31,7 +30,6 @@ from onerec.export import (
     reference_histories,
     same_sessions,
     serving_generator,
-    specialise_for_beam,
 )
 from onerec.modules.moe import MoEArguments, dMoE
 from onerec.trie import SemanticIdTrie
@@ -83,26 +81,22 @@ def _copy(artefact_dir: Path, tmp_path: Path) -> Path:
 # -- the inference MoE -------------------------------------------------------------------
 
 
-def test_dense_moe_equals_the_dropless_layer() -> None:
+@pytest.mark.parametrize("sparse_min_rows", [0, 1, 16, 100])
+def test_dense_moe_equals_the_dropless_layer(sparse_min_rows: int) -> None:
+    """Both inference paths (dense below sparse_min_rows, sorted per expert from it; 15 rows
+    here), eager and scripted, give the trained layer's output."""
     torch.manual_seed(0)
     layer = dMoE(MoEArguments(hidden_size=16, ffn_hidden_size=8, moe_num_experts=4, moe_top_k=2)).eval()
     torch.nn.init.normal_(layer.experts.bias)
     x = torch.randn(3, 5, 16)
+    inference = DenseMoE(layer, sparse_min_rows).eval()
     with torch.no_grad():
         expected, _ = layer(x)
-        got, loss = DenseMoE(layer)(x)
+        got, loss = inference(x)
+        scripted, _ = torch.jit.script(inference)(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scripted, expected, rtol=1e-5, atol=1e-5)
     assert float(loss) == 0.0
-
-
-def test_beam_shared_cross_attention_equals_the_repeated_memory(generators) -> None:
-    """The AOTInductor programs' cross-attention, run eagerly: same sessions as the reference."""
-    reference, generator, m = generators
-    beam = 6
-    special = specialise_for_beam(generator, beam)
-    assert all(isinstance(layer.cross_attn, BeamSharedCrossAttention) for layer in special.decoder.layers)
-    assert not any(isinstance(layer.cross_attn, BeamSharedCrossAttention) for layer in generator.decoder.layers)
-    check_against_eager(reference, lambda h, l, f, e: special.generate(h, l, f, m, beam, e, True), m, beam, "shared")
 
 
 # -- equivalence with eager --------------------------------------------------------------

@@ -10,6 +10,9 @@ import torch
 from data_pipeline.bundle import Bundle
 from onerec.data import padded_histories
 from onerec.generate import SessionGenerator, reference_beam_search
+from onerec.modules.attention import key_padding_mask
+from onerec.modules.decoder import SessionDecoder
+from onerec.modules.moe import MoEArguments
 from onerec.trie import SemanticIdTrie
 from tests.onerec.helpers import examples_and_builder, tiny_model
 
@@ -105,8 +108,34 @@ def test_decoder_step_reproduces_the_teacher_forced_pass(setup) -> None:
         keys, values = model.decoder.empty_cache(2, torch.device("cpu"), torch.float32)
         mk, mv = model.decoder.memory_kv(memory)
         steps = []
-        for t in range(x.shape[1]):
-            h, keys, values = model.decoder.step(x[:, t : t + 1], keys, values, mk, mv, mask)
+        # One token, then two at once (the generator's last-code + BOS step), then the rest.
+        bounds = [0, 1, 3] + list(range(4, x.shape[1] + 1))
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            h, keys, values = model.decoder.step(x[:, start:end], keys, values, mk, mv, mask)
             steps.append(h)
+    assert [s.shape[1] for s in steps[:2]] == [1, 2]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
     assert d == full.shape[-1]
+
+
+def test_beams_share_the_memory_of_their_user() -> None:
+    """Two users × three beams over unrepeated memory = the same six rows with the memory repeated."""
+    torch.manual_seed(0)
+    decoder = SessionDecoder(16, 2, 2, MoEArguments(hidden_size=16, ffn_hidden_size=8, moe_num_experts=2, moe_top_k=1), 0.0).eval()
+    beams, users = 3, 2
+    memory = torch.randn(users, 5, 16)
+    mask = key_padding_mask(torch.tensor([5, 2]), 5)  # the second user has 2 real keys
+    x = torch.randn(users * beams, 2, 16)
+    with torch.no_grad():
+        mk, mv = decoder.memory_kv(memory)
+        keys, values = decoder.empty_cache(users * beams, torch.device("cpu"), torch.float32)
+        shared, _, _ = decoder.step(x, keys, values, mk, mv, mask, beams)
+        rk = [m.repeat_interleave(beams, 0) for m in mk]
+        rv = [m.repeat_interleave(beams, 0) for m in mv]
+        repeated, _, _ = decoder.step(x, keys, values, rk, rv, mask.repeat_interleave(beams, 0), 1)
+    torch.testing.assert_close(shared, repeated, atol=1e-6, rtol=1e-6)
+    # and the memory mask matters: the second user's padded keys are not read
+    with torch.no_grad():
+        unmasked, _, _ = decoder.step(x, keys, values, mk, mv, torch.ones_like(mask), beams)
+    assert torch.allclose(unmasked[:beams], shared[:beams], atol=1e-6)
+    assert not torch.allclose(unmasked[beams:], shared[beams:], atol=1e-4)

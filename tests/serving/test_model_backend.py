@@ -7,6 +7,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -21,7 +22,7 @@ from onerec.checkpoint import BEST, build_model, save_atomic, save_run_config, s
 from onerec.export import ExportConfig, export_run
 from serving import InvalidRequestError, RecommendRequest, RecommendResponse, ServeConfig, SessionBackend, build_app
 from serving.cli import ServeCommandConfig, server_config
-from serving.model_backend import ArtefactBackend
+from serving.model_backend import ArtefactBackend, _AotiRuntime
 from tests.onerec.helpers import tiny_train_config
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_torch_thread")]
@@ -217,3 +218,27 @@ def test_serve_config_composes(artefact_dir: Path) -> None:
     assert (command.artefact, command.host, command.port) == (str(artefact_dir), "127.0.0.1", 8123)
     plain = server_config(command, session_length=3)
     assert type(plain) is ServeConfig and plain.max_num_items == 3 and plain.default_num_items == 3
+
+
+def test_aoti_runtime_sends_large_batches_and_other_lengths_to_torchscript() -> None:
+    """AOTInductor keeps the GIL, so only batches of at most ``max_batch`` requests use it."""
+    calls: list[tuple[str, int, int]] = []
+
+    def recorder(name: str):
+        def run(history, lengths, features, *rest):
+            num_items = rest[0] if name == "torchscript" else 5
+            calls.append((name, history.shape[0], num_items))
+            return torch.zeros(history.shape[0], 1, num_items, dtype=torch.long), torch.zeros(history.shape[0], 1)
+        return run
+
+    fallback = SimpleNamespace(generate=recorder("torchscript"))
+    runtime = _AotiRuntime.__new__(_AotiRuntime)  # the routing alone: no compiled program needed
+    runtime.programs, runtime.max_history, runtime.max_batch, runtime.fallback = {5: recorder("aoti")}, 50, 1, fallback
+    features = torch.zeros(3, 0, dtype=torch.long)
+    for batch, num_items in [(1, 5), (3, 5), (1, 4)]:
+        history = torch.zeros(batch, 10, dtype=torch.long)
+        runtime.generate(history, torch.full((batch,), 10), features[:batch], num_items, None)
+    assert calls == [("aoti", 1, 5), ("torchscript", 3, 5), ("torchscript", 1, 4)]
+    runtime.max_batch = 0  # no limit
+    runtime.generate(torch.zeros(3, 10, dtype=torch.long), torch.full((3,), 10), features, 5, None)
+    assert calls[-1] == ("aoti", 3, 5)
