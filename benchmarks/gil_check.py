@@ -1,0 +1,70 @@
+"""Does a runtime release the GIL while it computes? TorchScript vs AOTInductor, in-process.
+
+A worker thread runs one model call while the main thread counts in a Python loop. A runtime
+that releases the GIL lets the counter run at full speed; one that keeps it starves the
+counter, and on a server it also starves the HTTP event loop and the other worker threads
+(the reason for conf/serve.yaml's ``aoti_max_batch``).
+
+    python -m benchmarks.gil_check [--artefact bench_out/serving/artefact] [--batch 16]
+
+Prints, per runtime, the call's time and the main thread's loop iterations per millisecond
+during it, against the same loop with no call running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import torch
+
+from onerec.artefact import load_artefact
+from serving.model_backend import _AotiRuntime, _TorchScriptRuntime
+
+
+def count_while(work) -> tuple[float, float]:
+    """Run ``work`` in a thread; return (its seconds, main-thread loop iterations per ms)."""
+    done = threading.Event()
+    seconds: list[float] = []
+
+    def run() -> None:
+        start = time.perf_counter()
+        work()
+        seconds.append(time.perf_counter() - start)
+        done.set()
+
+    thread = threading.Thread(target=run)
+    count = 0
+    thread.start()
+    while not done.is_set():
+        count += 1
+    thread.join()
+    return seconds[0], count / (seconds[0] * 1e3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--artefact", default="bench_out/serving/artefact")
+    parser.add_argument("--batch", type=int, default=16)
+    cli = parser.parse_args()
+    torch.set_num_threads(1)
+    art = load_artefact(cli.artefact)
+    history = torch.randint(0, art.num_items, (cli.batch, 50), generator=torch.Generator().manual_seed(0))
+    lengths = torch.full((cli.batch,), 50)
+    features = torch.zeros((cli.batch, 0), dtype=torch.long)
+    _, idle_rate = count_while(lambda: time.sleep(0.2))
+    print(f"batch {cli.batch}; main-thread loop with no model call running: {idle_rate:,.0f} iterations/ms")
+    for runtime in (_TorchScriptRuntime(art), _AotiRuntime(art, 1)):
+        def call() -> None:
+            with torch.no_grad():
+                runtime.generate(history, lengths, features, 5, None)
+
+        call()  # warm-up
+        seconds, rate = count_while(call)
+        print(f"{runtime.name:<12} call {seconds * 1e3:6.0f} ms; main thread meanwhile {rate:>9,.0f} iterations/ms "
+              f"({rate / idle_rate:.0%} of idle)")
+
+
+if __name__ == "__main__":
+    main()
