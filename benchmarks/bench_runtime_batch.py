@@ -41,15 +41,16 @@ def main() -> None:
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
     runtimes = {}
+    num_items = 0
     for label, path in (("", cli.artefact), ("baseline ", cli.baseline)):
         if path is None:
             continue
         art = load_artefact(path)
+        num_items = num_items or art.num_items  # the measured artefact's catalogue
         runtimes[f"{label}torchscript"] = _TorchScriptRuntime(art)
         runtimes[f"{label}aoti"] = _AotiRuntime(art, 1)
         print(f"{label or 'artefact '}{path}: beam {art.beam_size}, threads {cli.threads}, "
               f"history {HISTORY}, {SESSION_ITEMS} items")
-    num_items = load_artefact(cli.artefact, verify=False).num_items
     for b in cli.batches:
         gen = torch.Generator().manual_seed(b)
         history = torch.randint(0, num_items, (b, HISTORY), generator=gen)

@@ -111,7 +111,8 @@ class ExportConfig:
 
 
 #: The TorchScript artefact's :class:`DenseMoE` switches to the sorted per-expert path from
-#: this many rows (a beam search step has batch × beam rows): 32 is where it was faster.
+#: this many rows (a beam search step has batch × beam rows): about where the two paths
+#: break even (``benchmarks/bench_moe_inference.py``).
 TORCHSCRIPT_SPARSE_MIN_ROWS = 32
 
 
@@ -124,11 +125,12 @@ class DenseMoE(nn.Module):
     - dense, ``(c ⊙ gelu(x W1^T)) W2`` over all experts at once: two matmuls (E / k times
       the expert FLOPs of the dropless path), no sort, no data-dependent sizes. What
       torch.export needs, and the faster way for a few rows.
-    - sorted, for ``T >= sparse_min_rows`` (TorchScript only; 0 = never): the token-expert
-      pairs sorted by expert, one pair of matmuls per expert over its own rows, scattered
-      back with ``index_add``: the dropless path's FLOPs, more ops. Scripted, one thread,
-      the ``small`` model's layer: 0.66x dense's speed at 16 rows, even at 32, 1.2x at 64,
-      1.45x at 256, 2.3x at 512 (``python -m benchmarks.bench_moe_inference``).
+    - sorted, for ``T >= sparse_min_rows`` (TorchScript only; 0 = never): the trained
+      layer's own :class:`~onerec.modules.moe.DroplessExperts` (token-expert pairs sorted by
+      expert, one pair of matmuls per expert over its own rows; scripted, it takes its
+      per-expert loop): the dropless path's FLOPs, more ops. Scripted, one thread,
+      the ``small`` model's layer: 0.84x dense's speed at 16 rows, 0.96x at 32, 1.11x at 64,
+      1.6x at 256, 2.5x at 512 (``python -m benchmarks.bench_moe_inference``).
 
     Shares the layer's parameters; no load-balancing loss (0).
 
@@ -147,6 +149,7 @@ class DenseMoE(nn.Module):
         self.hidden_size: int = moe.hidden_size
         self.ffn_hidden_size: int = moe.experts.ffn_hidden_size
         self.sparse_min_rows: int = sparse_min_rows
+        self.experts = moe.experts
         self.w1 = moe.experts.mlp.w1  # (E * ffn, D)
         self.w2 = moe.experts.mlp.w2  # (E * ffn, D)
         self.bias = moe.experts.bias
@@ -160,12 +163,12 @@ class DenseMoE(nn.Module):
         weights = route.expert_weights.to(x2d.dtype)  # (T, k)
         # A plain int first: torch.export never sees the data-dependent branch.
         if self.sparse_min_rows > 0 and t >= self.sparse_min_rows:
-            out = self._sorted(x2d, route.expert_indices, weights)
+            out, _ = self.experts(x2d, weights, route.expert_indices)  # bias included
         else:
             out = self._dense(x2d, route.expert_indices, weights)
-        bias = self.bias
-        if bias is not None:
-            out = out + bias
+            bias = self.bias
+            if bias is not None:
+                out = out + bias
         return out.view(in_shape), torch.zeros((), dtype=torch.float32, device=x.device)
 
     def _dense(self, x2d: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
@@ -176,25 +179,6 @@ class DenseMoE(nn.Module):
         h = F.gelu(x2d @ self.w1.t(), approximate="tanh")  # (T, E * ffn): megablocks' GELU
         h = (h.view(t, self.num_experts, self.ffn_hidden_size) * combine[:, :, None]).view(t, -1)
         return h @ self.w2  # (T, D)
-
-    def _sorted(self, x2d: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
-        """As :meth:`_dense`, each expert running on its own rows only."""
-        flat = indices.reshape(-1)  # (T * k,) expert of each token-expert pair
-        order = torch.argsort(flat)
-        counts: List[int] = torch.bincount(flat, minlength=self.num_experts).tolist()
-        token = torch.div(order, self.top_k, rounding_mode="floor")  # (T * k,) its row
-        rows = x2d.index_select(0, token)
-        w1 = self.w1.view(self.num_experts, self.ffn_hidden_size, self.hidden_size)
-        w2 = self.w2.view(self.num_experts, self.ffn_hidden_size, self.hidden_size)
-        parts: List[Tensor] = []
-        start = 0
-        for e in range(self.num_experts):
-            count = counts[e]
-            if count > 0:
-                parts.append(F.gelu(rows[start : start + count] @ w1[e].t(), approximate="tanh") @ w2[e])
-            start += count
-        y = torch.cat(parts) * weights.reshape(-1).index_select(0, order)[:, None]
-        return torch.zeros_like(x2d).index_add_(0, token, y)
 
 
 def serving_generator(
@@ -473,7 +457,6 @@ def _write_programs(
     codes = torch.as_tensor(bundle.codes)
     trie = SemanticIdTrie.from_codes(bundle.codes, bundle.codebook_sizes)
     reference = eager_generator(run.model, trie, codes)
-    generator = serving_generator(run.model, trie, codes)  # for torch.export: always dense
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
@@ -495,6 +478,7 @@ def _write_programs(
         return runtimes, timings
 
     start = time.perf_counter()
+    generator = serving_generator(run.model, trie, codes)  # for torch.export: always dense
     programs = {f"m{n}": export_program(generator, n, cfg.beam_size) for n in aoti_lengths}
     timings["export_s"] = round(time.perf_counter() - start, 2)
     log.info("torch.export of %s: %.1f s; AOTInductor compile next (minutes on a small CPU)", list(programs), timings["export_s"])

@@ -65,11 +65,9 @@ class MultiHeadAttention(nn.Module):
             keys / values: ``[B, H, S, Dh]``.
             mask: bool ``[B, 1, 1, S]`` or None; True = may attend.
         """
-        n, t, _ = x.shape
-        b = n // beams
-        q = self.query(x).view(b, beams * t, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, k*T, Dh)
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (B, H, k*T, Dh)
-        return self.out(y.transpose(1, 2).reshape(n, t, self.num_heads * self.head_dim))
+        n, t, d = x.shape
+        # Projections act per token, so a user's beams are just more query rows of its own.
+        return self.attend(x.reshape(n // beams, beams * t, d), keys, values, mask, False).view(n, t, d)
 
     def forward(self, x: Tensor, source: Tensor, mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         keys, values = self.project_kv(source)
