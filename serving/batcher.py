@@ -2,9 +2,9 @@
 
 ::
 
-    HTTP handlers ──submit()──► bounded queue ──► worker 1: collect ≤ max_batch_size or wait
-                   (Full → 503)                              ≤ max_wait_ms after the first,
-                                                             then recommend_batch(batch)
+    HTTP handlers ──submit()──► bounded queue ──► worker 1: collect ≤ max_batch_size (waiting
+                   (Full → 503)                              ≤ max_wait_ms while another batch
+                                                             runs), then recommend_batch(batch)
                                                ──► worker 2: collects the next batch while
                                                              worker 1 runs the model ...
 
@@ -12,9 +12,11 @@
   :class:`QueueFullError` (the server answers 503), so overload sheds load instead of growing
   latency without bound.
 - **Collection.** One worker at a time collects (a lock), so two idle workers never split a
-  burst into two half-batches. It blocks for the first request, then takes more until the batch
-  is full or ``max_wait_ms`` has passed since the first; at the deadline it still takes whatever
-  is already queued (without waiting) up to ``max_batch_size``.
+  burst into two half-batches. It blocks for the first request, takes whatever is already
+  queued, and then, **only while another batch is being computed**, waits for more until the
+  batch is full or ``max_wait_ms`` has passed since the first. On an idle server a lone
+  request runs at once: waiting would add its whole length to the latency, and nobody is
+  busy. Under load the wait buys larger batches, which cost less per request.
 - **Workers are threads.** The backend runs on ``num_workers`` threads, off the event loop.
   torch releases the GIL inside its ops, so while one worker is in the model another can collect
   and run the next batch: threads give real parallelism here without copying the model into
@@ -71,7 +73,8 @@ class DynamicBatcher:
     Args:
         backend: answers batches; called from ``num_workers`` threads at once.
         max_batch_size: most requests per ``recommend_batch`` call.
-        max_wait_ms: longest a batch waits for more requests after its first arrived.
+        max_wait_ms: longest a batch waits for more requests after its first arrived, while
+            another batch is being computed (an idle server does not wait).
         num_workers: worker threads (batches in flight at once).
         queue_size: most requests waiting; beyond it :meth:`submit` raises ``QueueFullError``.
         metrics: optional; receives batch sizes and backend latencies.
@@ -114,6 +117,8 @@ class DynamicBatcher:
         # None is a wake-up sentinel put by close(); it is never a request.
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=queue_size)
         self._collect_lock = threading.Lock()
+        self._busy_lock = threading.Lock()
+        self._busy = 0  # workers computing a batch now
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False
@@ -203,6 +208,9 @@ class DynamicBatcher:
                     log.exception("batcher worker error")
                     for pending in batch:
                         _fail(pending.future, exc)
+                finally:
+                    with self._busy_lock:
+                        self._busy -= 1
 
     def _collect(self) -> list[_Pending]:
         try:
@@ -212,7 +220,8 @@ class DynamicBatcher:
         if first is None:
             return []
         batch = [first]
-        deadline = time.monotonic() + self.max_wait_s
+        # Wait for company only while another worker computes (see the module docstring).
+        deadline = time.monotonic() + (self.max_wait_s if self._busy > 0 else 0.0)
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
@@ -223,7 +232,11 @@ class DynamicBatcher:
                 break
             batch.append(more)
         # Drop requests whose caller gave up; mark the rest running so they can't be cancelled.
-        return [p for p in batch if p.future.set_running_or_notify_cancel()]
+        batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        if batch:
+            with self._busy_lock:  # still under the collect lock: the next collector sees it
+                self._busy += 1
+        return batch
 
     def _run(self, batch: list[_Pending]) -> None:
         try:

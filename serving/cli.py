@@ -12,6 +12,7 @@ session length, so the OpenAPI schema shows what the model can really generate.
 from __future__ import annotations
 
 import dataclasses
+import gc
 from dataclasses import dataclass
 
 from serving.server import ServeConfig
@@ -60,6 +61,11 @@ def serve(command: ServeCommandConfig) -> None:
         verify=command.verify,
     )
     config = server_config(command, backend.session_length)
+    # Everything loaded so far (torch, the model, the web stack: ~260k objects) lives as long
+    # as the server: take it out of the cyclic GC's view, or every full collection walks it
+    # (a 100-300 ms pause, measured, landing on whichever request triggers it).
+    gc.collect()
+    gc.freeze()
     print(
         f"onerec-serve: {command.artefact} model_version={backend.model_version} runtime={backend.runtime} "
         f"on http://{config.host}:{config.port}",

@@ -66,7 +66,8 @@ class ServeConfig:
     Args:
         host, port: where uvicorn listens (port 0: any free port).
         max_batch_size: most requests per backend call.
-        max_wait_ms: longest a batch waits for company after its first request.
+        max_wait_ms: longest a batch waits for company after its first request, while another
+            batch is being computed (a lone request on an idle server runs at once).
         num_workers: batcher worker threads (backend calls in flight at once).
         queue_size: most requests waiting for a worker; beyond it, 503.
         max_body_bytes: larger request bodies answer 413 without being parsed.

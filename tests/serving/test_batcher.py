@@ -126,14 +126,34 @@ def test_batch_size_is_capped() -> None:
     assert backend.batch_sizes == [1, 4, 4, 2]
 
 
-def test_a_lone_request_waits_at_most_max_wait() -> None:
+def test_a_lone_request_on_an_idle_server_does_not_wait() -> None:
+    """Nothing else runs, so waiting for company would only add latency: a max_wait of a
+    minute must not delay the answer (the result() timeout would fail if it did)."""
     backend = FakeBackend()
-    with DynamicBatcher(backend, max_batch_size=32, max_wait_ms=30, num_workers=1) as b:
-        start = time.perf_counter()
-        b.submit(RecommendRequest(("1",), num_items=3)).result(timeout=5)
-        elapsed = time.perf_counter() - start
-    assert 0.025 <= elapsed < 1.0
-    assert backend.batch_sizes == [1]
+    with DynamicBatcher(backend, max_batch_size=32, max_wait_ms=60_000, num_workers=2) as b:
+        b.submit(RecommendRequest(("1",), num_items=3)).result(timeout=10)
+        b.submit(RecommendRequest(("2",), num_items=3)).result(timeout=10)
+    assert backend.batch_sizes == [1, 1]
+
+
+def test_while_a_batch_runs_the_next_one_waits_for_company() -> None:
+    """Worker 1 holds a batch; worker 2 takes the next request and waits (max_wait is a
+    minute) until a second one fills its batch of two: one call for both."""
+    gate = Gate()
+    backend = FakeBackend()
+    backend.on_batch = gate
+    first, second, third = _varied_requests(3, seed=5)
+    with DynamicBatcher(backend, max_batch_size=2, max_wait_ms=60_000, num_workers=2) as b:
+        futures = [b.submit(first)]
+        assert gate.entered.wait(5)
+        futures.append(b.submit(second))
+        time.sleep(0.2)  # worker 2 is now waiting for company
+        assert len(gate.seen) == 1
+        futures.append(b.submit(third))
+        gate.release.set()
+        answers = [f.result(timeout=10) for f in futures]
+    assert gate.seen == [(first,), (second, third)]
+    assert answers == [_alone(r) for r in (first, second, third)]
 
 
 def test_queue_full_raises() -> None:
