@@ -63,7 +63,7 @@ def serve(command: ServeCommandConfig) -> None:
     config = server_config(command, backend.session_length)
     # Everything loaded so far (torch, the model, the web stack: ~260k objects) lives as long
     # as the server: take it out of the cyclic GC's view, or every full collection walks it
-    # (a 100-300 ms pause, measured, landing on whichever request triggers it).
+    # (0.29 s once measured on a busy 2-core CPU, landing on whichever request triggers it).
     gc.collect()
     gc.freeze()
     print(

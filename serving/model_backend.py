@@ -64,8 +64,9 @@ RUNTIMES = ("aoti", "torchscript", "eager")
 #: ``benchmarks/bench_serving.py`` measured (small model, history 50, beam 16, 5 items, idle
 #: 2-core CPU, README): at concurrency 1 p50 46 ms AOTInductor, 70 ms TorchScript, 108 ms
 #: eager; at concurrency 16, with ``aoti_max_batch=1`` sending batches to TorchScript, 71
-#: requests/s (TorchScript alone 79, AOTInductor for every batch 33: it keeps the GIL). A
-#: server under steady load is better off with ``runtime=torchscript``.
+#: requests/s (TorchScript alone 79; AOTInductor for every batch served 33 in the previous
+#: measurement, ``--runtimes aoti_all``: it keeps the GIL). A server under steady load is
+#: better off with ``runtime=torchscript``.
 AUTO_ORDER = ("aoti", "torchscript", "eager")
 
 
