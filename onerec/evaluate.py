@@ -44,6 +44,8 @@ class EvalConfig:
         baselines_dir: where trained baselines are kept (SASRec is trained there once).
         unconstrained: also report the legal-item rate without the trie (an ablation).
         limit: evaluate only the first users (0: all).
+        exclude_history: leave each user's history items out of every ranked list, the
+            model's and the baselines' alike (for logs without re-consumption, e.g. Amazon).
     """
 
     data_dir: str | None = None
@@ -57,6 +59,7 @@ class EvalConfig:
     baselines_dir: str | None = None
     unconstrained: bool = False
     limit: int = 0
+    exclude_history: bool = False
     show_progress: bool = True
     out_json: str | None = None
 
@@ -89,6 +92,7 @@ def model_rankings(cfg: EvalConfig, constrained: bool = True) -> tuple[Rankings,
         limit=cfg.limit,
         constrained=constrained,
         show_progress=cfg.show_progress,
+        exclude_history=cfg.exclude_history,
     )
     return rankings, examples, bundle
 
@@ -108,7 +112,9 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, Any]]:
         from onerec.baselines import run_baselines
 
         baseline_dir = Path(cfg.baselines_dir) if cfg.baselines_dir else Path(cfg.run_dir) / "baselines"
-        results.update(run_baselines(bundle, cfg.split, cfg.baselines, baseline_dir, limit=cfg.limit))
+        results.update(
+            run_baselines(bundle, cfg.split, cfg.baselines, baseline_dir, limit=cfg.limit, exclude_history=cfg.exclude_history)
+        )
     return results
 
 

@@ -182,7 +182,10 @@ class SessionGenerator(nn.Module):
         memory, mask = self.encode(history, lengths, user_features)
         # One memory per user, shared by its k beams (rows b*k .. b*k + k - 1): never repeated.
         memory_keys, memory_values = self.decoder.memory_kv(memory)
-        self_keys, self_values = self.decoder.empty_cache(n, device, memory.dtype)
+        # The first step feeds the same BOS to every beam of a user: it runs once per user
+        # (b rows, not b * k) and its cache rows are copied to the beams when they split.
+        self_keys, self_values = self.decoder.empty_cache(b, device, memory.dtype)
+        rows_per_user = 1
 
         # Only beam 0 is alive at the start, so the first expansion has no duplicates.
         scores = torch.full((b, k), -float("inf"), device=device)
@@ -197,20 +200,28 @@ class SessionGenerator(nn.Module):
         node = torch.zeros(n, dtype=torch.long, device=device)
         batch_base = (torch.arange(b, device=device) * k)[:, None]
         position = 0
-        x = self.bos_token(n, position)
+        x = self.bos_token(b, position)
         for j in range(num_items):
             for level in range(self.num_levels):
                 hidden, self_keys, self_values = self.decoder.step(
-                    x, self_keys, self_values, memory_keys, memory_values, mask, k
+                    x, self_keys, self_values, memory_keys, memory_values, mask, rows_per_user, True
                 )
                 log_probs = self.level_log_probs(hidden[:, -1], level)  # (N, K_l)
+                if rows_per_user == 1:
+                    log_probs = log_probs.repeat_interleave(k, dim=0)  # the first step: (B, K_0) → (N, K_0)
                 if constrained:
                     width = self.max_children[level]
                     arange = torch.arange(width, device=device)[None, :]
-                    valid = arange < self.node_count[node][:, None]
-                    edge = (self.node_start[node][:, None] + arange).clamp(max=self.edge_code.numel() - 1)
-                    cand_code = self.edge_code[edge]
-                    cand_next = self.edge_next[edge]
+                    # node -1: a beam that took a dead slot (fewer live candidates than beams);
+                    # it has no children, so it stays dead.
+                    known = node.clamp(min=0)
+                    children = torch.where(node >= 0, self.node_count[known], torch.zeros_like(known))
+                    valid = arange < children[:, None]
+                    edge = (self.node_start[known][:, None] + arange).clamp(max=self.edge_code.numel() - 1)
+                    # Slots past a node's own children read its neighbours' edges, which may
+                    # belong to the next level (other code range, node ids or items): blank them.
+                    cand_code = torch.where(valid, self.edge_code[edge], torch.zeros_like(edge))
+                    cand_next = torch.where(valid, self.edge_next[edge], torch.full_like(edge, -1))
                 else:
                     width = self.codebook_sizes[level]
                     cand_code = torch.arange(width, device=device)[None, :].expand(n, width)
@@ -232,7 +243,7 @@ class SessionGenerator(nn.Module):
                         ancestors = self.item_nodes[banned.clamp(min=0), level + 1]
                         ancestors = torch.where(banned >= 0, ancestors, torch.full_like(ancestors, -1))
                         count = ((cand_next[:, :, None] == ancestors[:, None, :]).sum(-1))
-                        valid = valid & (count < self.subtree_size[cand_next])
+                        valid = valid & (count < self.subtree_size[cand_next.clamp(min=0)])
                 cand_lp = torch.where(valid, cand_lp, torch.full_like(cand_lp, -float("inf")))
                 total = (scores[:, None] + cand_lp).view(b, k * width)
                 top_scores, top_index = torch.topk(total, k, dim=1)
@@ -241,8 +252,11 @@ class SessionGenerator(nn.Module):
                 chosen_code = cand_code[parent, choice]
                 chosen_next = cand_next[parent, choice]
                 scores = top_scores.view(n)
-                self_keys = [c.index_select(0, parent) for c in self_keys]
-                self_values = [c.index_select(0, parent) for c in self_values]
+                # Cache rows of the chosen parents (after the first step: of their users).
+                cache_rows = parent if rows_per_user == k else torch.div(parent, k, rounding_mode="floor")
+                self_keys = [c.index_select(0, cache_rows) for c in self_keys]
+                self_values = [c.index_select(0, cache_rows) for c in self_values]
+                rows_per_user = k
                 items = items.index_select(0, parent)
                 codes = codes.index_select(0, parent)
                 codes[:, level] = chosen_code

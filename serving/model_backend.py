@@ -18,8 +18,8 @@ versions checked) and answers a batch of requests with **one** beam-search call 
    exclusions left no legal session) gets the popularity answer too.
 
 Runtimes (``runtime=``): ``aoti`` (the torch.export + AOTInductor programs; a ``num_items``
-without a compiled program, and batches of more than ``aoti_max_batch`` requests, run on
-TorchScript), ``torchscript``, ``eager`` (the plain PyTorch
+without a compiled program, batches of more than ``aoti_max_batch`` requests and batches
+that start while another is computing run on TorchScript), ``torchscript``, ``eager`` (the plain PyTorch
 generator rebuilt from the weights: the reference), and ``auto``: the first of
 :data:`AUTO_ORDER` the artefact holds. The order is what ``benchmarks/bench_serving.py``
 measured (README: serving latency).
@@ -42,6 +42,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,9 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("aoti", "torchscript", "eager")
 #: ``runtime="auto"`` takes the first of these that the artefact holds: the order
 #: ``benchmarks/bench_serving.py`` measured (small model, history 50, beam 16, 5 items, idle
-#: 2-core CPU, README): at concurrency 1 p50 46 ms AOTInductor, 70 ms TorchScript, 108 ms
-#: eager; at concurrency 16, with ``aoti_max_batch=1`` sending batches to TorchScript, 71
-#: requests/s (TorchScript alone 79; AOTInductor for every batch served 33 in the previous
-#: measurement, ``--runtimes aoti_all``: it keeps the GIL). A server under steady load is
-#: better off with ``runtime=torchscript``.
+#: 2-core CPU, README): at concurrency 1 p50 41 ms AOTInductor, 69 ms TorchScript, 108 ms
+#: eager; at concurrency 16, with ``aoti_max_batch=1`` sending batches, and any call made
+#: while another runs, to TorchScript, 80 requests/s (TorchScript alone 75, eager 45).
 AUTO_ORDER = ("aoti", "torchscript", "eager")
 
 
@@ -107,14 +106,17 @@ class _EagerRuntime:
 
 
 class _AotiRuntime:
-    """One compiled program per exported ``num_items``; other lengths, and batches of more than
-    ``max_batch`` requests (0: no limit), go to TorchScript.
+    """One compiled program per exported ``num_items``; other lengths, batches of more than
+    ``max_batch`` requests (0: no limit), and any call made while another model call is in
+    flight (when ``max_batch`` > 0) go to TorchScript.
 
-    Why the batch limit: torch's AOTInductor binding keeps the GIL for the whole call
-    (measured: a Python thread barely runs while a program does), so AOTInductor calls never
-    overlap with each other or with the HTTP event loop, while TorchScript releases the GIL and
-    the server's worker threads compute side by side. AOTInductor is the fastest for a
-    request alone; under load, the batches are large and TorchScript serves more.
+    Why: torch's AOTInductor binding keeps the GIL for the whole call (measured: a Python
+    thread barely runs while a program does), so AOTInductor calls never overlap with each
+    other, with TorchScript calls or with the HTTP event loop, while TorchScript releases the
+    GIL and the server's worker threads compute side by side. AOTInductor is the fastest for a
+    request alone on an idle server; under load, the batches are large, the workers busy, and
+    TorchScript serves more. So the choice is per call: AOTInductor only for a small batch
+    when no other call is running.
     """
 
     name = "aoti"
@@ -125,12 +127,20 @@ class _AotiRuntime:
         self.max_history = artefact.max_history
         self.max_batch = max_batch
         self.fallback = _TorchScriptRuntime(artefact)
+        self.in_flight = _Counter()
 
     def generate(
         self, history: Tensor, lengths: Tensor, features: Tensor, num_items: int, exclude: Tensor | None
     ) -> tuple[Tensor, Tensor]:
+        with self.in_flight as others:
+            return self._generate(history, lengths, features, num_items, exclude, others)
+
+    def _generate(
+        self, history: Tensor, lengths: Tensor, features: Tensor, num_items: int, exclude: Tensor | None, others: int
+    ) -> tuple[Tensor, Tensor]:
         program = self.programs.get(num_items)
-        if program is None or 0 < self.max_batch < history.shape[0]:
+        busy = self.max_batch > 0 and others > 0
+        if program is None or busy or 0 < self.max_batch < history.shape[0]:
             return self.fallback.generate(history, lengths, features, num_items, exclude)
         # The program was traced for histories within max_history (longer ones are cut first).
         assert history.shape[1] <= self.max_history, "histories must be cut to max_history"
@@ -138,6 +148,25 @@ class _AotiRuntime:
             exclude = torch.full((history.shape[0], 1), -1, dtype=torch.long)
         items, scores = program(history, lengths, features, exclude)
         return items, scores
+
+
+class _Counter:
+    """Calls in progress, shared by the server's worker threads: ``with counter as others``
+    counts this call in for the block and gives how many others were running when it began."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def __enter__(self) -> int:
+        with self._lock:
+            others = self._count
+            self._count += 1
+        return others
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._count -= 1
 
 
 def resolve_runtime(runtime: str, artefact: Artefact) -> str:
@@ -170,8 +199,9 @@ class ArtefactBackend:
         runtime: ``auto``, ``aoti``, ``torchscript`` or ``eager``.
         threads: torch intra-op threads for this process (0: leave torch's setting).
         num_runners: AOTInductor programs that may run at once (the server's worker threads).
-        aoti_max_batch: with ``runtime=aoti``, batches of more requests run on TorchScript
-            (0: never; see ``_AotiRuntime``).
+        aoti_max_batch: with ``runtime=aoti``, batches of more requests, and batches that
+            start while another model call is running, run on TorchScript (0: never; see
+            ``_AotiRuntime``).
         verify: check every file's sha256 on load (versions are always checked).
 
     Attributes:

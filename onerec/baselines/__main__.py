@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--exclude-history", action="store_true", help="leave each user's history items out of its list")
     args = parser.parse_args(argv)
     # force: importing torchrec already put a WARNING-level handler on the root logger.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
@@ -47,7 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         device=args.device,
     )
-    results = run_baselines(Bundle.open(args.data_dir), args.split, args.names, args.out_dir, sasrec_config=cfg)
+    results = run_baselines(
+        Bundle.open(args.data_dir), args.split, args.names, args.out_dir, sasrec_config=cfg, exclude_history=args.exclude_history
+    )
     print(json.dumps({"split": args.split, **results}, indent=2))
 
 

@@ -2,8 +2,9 @@
 
 Popularity is ``train_count`` from the bundle's ``items.parquet``: interactions before each
 user's validation cut-off, so neither validation nor test targets leak into the order.
-Nothing is excluded from the list (the standard protocol). The order itself is also the
-serving fallback for users without a history.
+Nothing is excluded from the list (the standard protocol) unless ``exclude_history`` asks
+for each user's list without its history items. The order itself is also the serving
+fallback for users without a history.
 """
 
 from __future__ import annotations
@@ -53,3 +54,32 @@ def popularity_rankings(counts: np.ndarray, num_users: int, top_k: int = 10) -> 
     return Rankings(
         items=np.tile(items, (num_users, 1)), scores=np.tile(scores, (num_users, 1)), legal_rate=1.0
     )
+
+
+def popularity_rankings_excluding(counts: np.ndarray, exclude: np.ndarray, top_k: int = 10) -> Rankings:
+    """Each user's top-``top_k`` most popular items that are not in its ``exclude`` row.
+
+    Args:
+        counts: ``[num_items]`` training interactions per item.
+        exclude: ``[U, E]`` item indices per user (-1 = padding), e.g.
+            :func:`onerec.ranking.history_exclusions`.
+
+    Example: counts ``[2, 5, 5, 0]``, top 2, excluding ``[[1], [-1]]`` → ``[[2, 0], [1, 2]]``.
+    """
+    num_users, width = exclude.shape
+    # Every user keeps at least top_k of the first top_k + E popular items.
+    order = popularity_order(counts)[: top_k + width]
+    share = counts[order] / max(int(counts.sum()), 1)
+    with np.errstate(divide="ignore"):
+        log_share = np.log(share).astype(np.float32)
+    banned = (order[None, :, None] == exclude[:, None, :]).any(-1)  # (U, top_k + E)
+    # A stable sort of the banned flags moves each user's allowed items to the front in order.
+    keep = np.argsort(banned, axis=1, kind="stable")[:, :top_k]
+    allowed = ~np.take_along_axis(banned, keep, 1)
+    items = np.where(allowed, order[keep], -1)
+    scores = np.where(allowed, log_share[keep], -np.inf).astype(np.float32)
+    pad = top_k - items.shape[1]
+    if pad > 0:  # a catalogue smaller than top_k
+        items = np.pad(items, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    return Rankings(items=items.astype(np.int64), scores=scores, legal_rate=1.0)

@@ -40,7 +40,7 @@ from torch import nn
 from data_pipeline.bundle import Bundle
 from onerec.data import ExampleSet, epoch_batches
 from onerec.metrics import summarize
-from onerec.ranking import Rankings
+from onerec.ranking import Rankings, history_exclusions
 
 log = logging.getLogger(__name__)
 
@@ -193,13 +193,24 @@ def sequence_loss(model: SASRec, sequences: torch.Tensor, last_only: bool = Fals
 
 
 @torch.no_grad()
-def rank_next(model: SASRec, tokens: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def rank_next(
+    model: SASRec, tokens: torch.Tensor, top_k: int, exclude: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``top_k`` next items after ``[B, T]`` left-padded histories.
 
+    Args:
+        exclude: optional ``[B, E]`` item indices never to rank (-1 = padding).
+
     Returns:
-        ``([B, top_k] item indices, [B, top_k] log-probabilities)``, best first.
+        ``([B, top_k] item indices, [B, top_k] log-probabilities)``, best first (-inf
+        scores for excluded items, which can only appear when fewer than ``top_k`` remain).
     """
     log_probs = torch.log_softmax(model.logits(model(tokens)[:, -1]), dim=-1)  # (B, num_items)
+    if exclude is not None:
+        # Padding (-1) goes to a spare column that is dropped again.
+        padded = F.pad(log_probs, (0, 1))
+        padded.scatter_(1, torch.where(exclude >= 0, exclude, model.num_items), -float("inf"))
+        log_probs = padded[:, :-1]
     scores, items = log_probs.topk(min(top_k, model.num_items), dim=-1)
     return items, scores
 
@@ -266,8 +277,16 @@ def train_epoch(
     return total / max(len(batches), 1)
 
 
-def sasrec_rankings(model: SASRec, examples: ExampleSet, top_k: int = 10, batch_size: int = 1024, limit: int = 0) -> Rankings:
-    """Rank every item after each example's history (the first ``limit`` examples; 0: all)."""
+def sasrec_rankings(
+    model: SASRec,
+    examples: ExampleSet,
+    top_k: int = 10,
+    batch_size: int = 1024,
+    limit: int = 0,
+    exclude_history: bool = False,
+) -> Rankings:
+    """Rank every item after each example's history (the first ``limit`` examples; 0: all);
+    with ``exclude_history`` the history's own items are never ranked."""
     model.eval()
     device = next(model.parameters()).device
     total = len(examples) if limit <= 0 else min(limit, len(examples))
@@ -279,7 +298,8 @@ def sasrec_rankings(model: SASRec, examples: ExampleSet, top_k: int = 10, batch_
         values, lengths = examples.histories(rows)
         width = min(max(int(lengths.max()), 1), model.config.max_len)
         tokens = torch.from_numpy(left_pad(values, lengths, width)).to(device)
-        top_items, top_scores = rank_next(model, tokens, top_k)
+        exclude = torch.from_numpy(history_exclusions(examples, rows)).to(device) if exclude_history else None
+        top_items, top_scores = rank_next(model, tokens, top_k, exclude)
         items[rows, : top_items.shape[1]] = top_items.cpu().numpy()
         scores[rows, : top_scores.shape[1]] = top_scores.cpu().numpy()
     return Rankings(items=items, scores=scores, legal_rate=1.0)

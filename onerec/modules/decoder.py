@@ -53,18 +53,27 @@ class DecoderLayer(nn.Module):
         memory_mask: Tensor,
         self_mask: Optional[Tensor],
         beams: int,
+        last_only: bool = False,
     ) -> Tuple[Tensor, Tensor, Tensor]:
         """New tokens ``x [N, T, D]`` given cached keys/values ``[N, H, t, Dh]``.
 
         ``N = B * beams`` sequences whose memory ``[B, H, S, Dh]`` (mask ``[B, 1, 1, S]``) is
         shared by each group of ``beams`` consecutive rows. ``self_mask`` (bool, broadcastable
         to ``[N, H, T, t + T]``) is required when ``T > 1``: new token i sees the cache and new
-        tokens 0..i. Returns the new ``x`` and the caches grown to ``t + T``.
+        tokens 0..i. Returns the new ``x`` and the caches grown to ``t + T``; with
+        ``last_only`` the new ``x`` is the last token's alone, ``[N, 1, D]`` (the others
+        still add their keys and values to the cache).
         """
         h = self.self_norm(x)
         k, v = self.self_attn.project_kv(h)
         self_k = torch.cat([self_k, k], dim=2)
         self_v = torch.cat([self_v, v], dim=2)
+        if last_only and x.shape[1] > 1:
+            # The last token sees every key, so no mask: attention, cross-attention and the
+            # experts run on one token instead of T.
+            x = x[:, -1:]
+            h = h[:, -1:]
+            self_mask = None
         x = x + self.self_attn.attend(h, self_k, self_v, self_mask, False)
         h = self.cross_norm(x)
         x = x + self.cross_attn.attend_beams(h, memory_k, memory_v, memory_mask, beams)
@@ -117,11 +126,15 @@ class SessionDecoder(nn.Module):
         memory_values: List[Tensor],
         memory_mask: Tensor,
         beams: int = 1,
+        last_only: bool = False,
     ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
         """``T`` new tokens per sequence: ``x [N, T, D]`` → ``([N, T, D], grown caches)``.
 
         Caches are ``[N, H, t, Dh]``; memory keys/values ``[N / beams, H, S, Dh]``, shared by
         each group of ``beams`` consecutive sequences (see :meth:`DecoderLayer.step`).
+        ``last_only``: return the last token's output alone, ``[N, 1, D]`` (what a search
+        reads); the top layer then skips the other tokens' attention and experts, which
+        nothing reads (the lower layers still compute them: they feed the keys above).
         """
         new_tokens = x.shape[1]
         self_mask: Optional[Tensor] = None
@@ -132,9 +145,11 @@ class SessionDecoder(nn.Module):
         new_keys: List[Tensor] = []
         new_values: List[Tensor] = []
         i = 0
+        top = len(self.layers) - 1
         for layer in self.layers:
             x, k, v = layer.step(
-                x, self_keys[i], self_values[i], memory_keys[i], memory_values[i], memory_mask, self_mask, beams
+                x, self_keys[i], self_values[i], memory_keys[i], memory_values[i], memory_mask, self_mask, beams,
+                last_only and i == top,
             )
             new_keys.append(k)
             new_values.append(v)

@@ -75,6 +75,26 @@ def test_beams_survive_when_sessions_exhaust_narrow_prefixes(setup) -> None:
     assert (items >= 0).all()
 
 
+@pytest.mark.parametrize("extra", [0, 7])
+def test_a_beam_wider_than_the_catalogue_returns_every_item_once(setup, extra: int) -> None:
+    """More beams than legal sessions: the surplus beams hold dead slots (score -inf, item
+    -1). Slots past a trie node's own children read the next level's edges, whose codes
+    and targets are out of this level's range; the search must blank them, not index with them."""
+    bundle, _, _, generator, examples = setup
+    beam = bundle.num_items + extra
+    rows = np.arange(20)
+    items, scores = _generate(generator, examples, rows, 1, beam)
+    for row in rows:
+        live = torch.isfinite(scores[row])
+        assert int(live.sum()) == bundle.num_items
+        assert sorted(items[row, live, 0].tolist()) == list(range(bundle.num_items))
+        assert (items[row, ~live] == -1).all()
+    # Exclusions shrink the live set by exactly the excluded items.
+    exclude = torch.tensor([[0, 5, -1], [1, 2, 3], [-1, -1, -1]])
+    items, scores = _generate(generator, examples, np.arange(3), 1, beam, exclude=exclude)
+    assert torch.isfinite(scores).sum(1).tolist() == [bundle.num_items - 2, bundle.num_items - 3, bundle.num_items]
+
+
 def test_unconstrained_search_can_emit_illegal_tuples(setup) -> None:
     """The trie is what guarantees legality: without it, an untrained model emits code
     tuples that are no item (marked -1)."""
@@ -116,6 +136,15 @@ def test_decoder_step_reproduces_the_teacher_forced_pass(setup) -> None:
     assert [s.shape[1] for s in steps[:2]] == [1, 2]
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
     assert d == full.shape[-1]
+    # last_only (what the search runs): each step's last token alone, same values, same caches.
+    with torch.no_grad():
+        keys_last, values_last = model.decoder.empty_cache(2, torch.device("cpu"), torch.float32)
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            h, keys_last, values_last = model.decoder.step(x[:, start:end], keys_last, values_last, mk, mv, mask, 1, True)
+            assert h.shape[1] == 1
+            torch.testing.assert_close(h[:, 0], full[:, end - 1], atol=1e-5, rtol=1e-5)
+    for a, b in zip(keys_last + values_last, keys + values):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
 def test_beams_share_the_memory_of_their_user() -> None:

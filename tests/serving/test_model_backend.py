@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from onerec.checkpoint import BEST, build_model, save_atomic, save_run_config, s
 from onerec.export import ExportConfig, export_run
 from serving import InvalidRequestError, RecommendRequest, RecommendResponse, ServeConfig, SessionBackend, build_app
 from serving.cli import ServeCommandConfig, server_config
-from serving.model_backend import ArtefactBackend, _AotiRuntime
+from serving.model_backend import ArtefactBackend, _AotiRuntime, _Counter
 from tests.onerec.helpers import tiny_train_config
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_torch_thread")]
@@ -234,11 +235,46 @@ def test_aoti_runtime_sends_large_batches_and_other_lengths_to_torchscript() -> 
     fallback = SimpleNamespace(generate=recorder("torchscript"))
     runtime = _AotiRuntime.__new__(_AotiRuntime)  # the routing alone: no compiled program needed
     runtime.programs, runtime.max_history, runtime.max_batch, runtime.fallback = {5: recorder("aoti")}, 50, 1, fallback
+    runtime.in_flight = _Counter()
     features = torch.zeros(3, 0, dtype=torch.long)
     for batch, num_items in [(1, 5), (3, 5), (1, 4)]:
         history = torch.zeros(batch, 10, dtype=torch.long)
         runtime.generate(history, torch.full((batch,), 10), features[:batch], num_items, None)
     assert calls == [("aoti", 1, 5), ("torchscript", 3, 5), ("torchscript", 1, 4)]
-    runtime.max_batch = 0  # no limit
+    # A lone request while another worker's call is still running: TorchScript, which lets the
+    # two run side by side; once that call is over, AOTInductor again.
+    one = (torch.zeros(1, 10, dtype=torch.long), torch.full((1,), 10), features[:1], 5, None)
+    with runtime.in_flight:
+        runtime.generate(*one)
+    runtime.generate(*one)
+    assert calls[-2:] == [("torchscript", 1, 5), ("aoti", 1, 5)]
+    runtime.max_batch = 0  # no limit: every call of an exported length, busy or not
     runtime.generate(torch.zeros(3, 10, dtype=torch.long), torch.full((3,), 10), features, 5, None)
-    assert calls[-1] == ("aoti", 3, 5)
+    with runtime.in_flight:
+        runtime.generate(*one)
+    assert calls[-2:] == [("aoti", 3, 5), ("aoti", 1, 5)]
+
+
+def test_in_flight_counter_counts_other_calls_across_threads() -> None:
+    counter = _Counter()
+    entered, release = threading.Barrier(3), threading.Event()
+    seen: list[int] = []
+
+    def call() -> None:
+        with counter as others:
+            seen.append(others)
+            entered.wait()
+            release.wait()
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    entered.wait()  # both calls are inside
+    with counter as others:
+        assert others == 2
+    release.set()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == [0, 1]
+    with counter as others:
+        assert others == 0  # every exit counted out
