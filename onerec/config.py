@@ -100,6 +100,9 @@ class TrainerConfig:
             batches from them; off, every rank reads the whole split and takes its columns
             of the single-process batches.
         label_smoothing: of the NTP cross-entropy (0: none).
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g.
+            0.999: about the last 1,000 steps) and validate and save it instead of the raw
+            weights (0: off). Single process only.
     """
 
     batch_size: int = 256
@@ -123,6 +126,7 @@ class TrainerConfig:
     table_optimizer: str = "auto"
     shard_examples: bool = False
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0
 
 
 @dataclass

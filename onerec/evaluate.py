@@ -1,10 +1,11 @@
 """``onerec-eval``: Recall@K / NDCG@K over all items, legal-item rate, predictions file.
 
     onerec-eval data_dir=BUNDLE run_dir=RUN [split=valid|test] [predictions_out=FILE]
-                [baselines=[popularity,sasrec]] [baselines_dir=DIR]
+                [baselines=[popularity,sasrec]] [baselines_dir=DIR] [exclude_history=true]
 
 Prints the generative model and the requested baselines side by side, all ranked by the
-same code and scored by the same metrics on the same split.
+same code and scored by the same metrics on the same split; ``exclude_history=true`` leaves
+each user's seen items out of every list (see :mod:`onerec.ranking`).
 """
 
 from __future__ import annotations

@@ -51,6 +51,7 @@ from onerec.model import OneRec
 from onerec.ranking import evaluate_rankings, rank_items
 from onerec.run_log import RunLogger, truncate_metrics
 from onerec.trie import SemanticIdTrie
+from onerec.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -180,25 +181,38 @@ class Trainer:
             self.optimizer = make_optimizer(self.model, tcfg)
             self.clipped = list(self.model.parameters())
         self.scheduler = make_scheduler(self.optimizer, tcfg, self.total_steps)
+        self.average: WeightAverage | None = None
+        if tcfg.ema_decay > 0:
+            if self.sharded is not None:
+                raise UserError("trainer.ema_decay > 0 runs in a single process only; set trainer.ema_decay=0 under torchrun")
+            self.average = WeightAverage(self.model, tcfg.ema_decay)
         self.state = TrainState()
         self.logger: RunLogger | None = None
 
     # ------------------------------------------------------------ checkpoints
+    def served_model(self) -> OneRec:
+        """The weights that are validated and saved as ``model``: the moving average when
+        ``trainer.ema_decay`` > 0, else the trained weights themselves."""
+        if self.average is None:
+            return self.model
+        return self.average.model(self.model)  # type: ignore[return-value]
+
     def checkpoint(self, name: str) -> None:
         if self.sharded is not None:
             self.sharded_checkpoint(name)
             return
-        save_atomic(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "state": self.state.__dict__,
-                "rng": rng_state(),
-                "step": self.state.step,
-            },
-            self.run_dir / name,
-        )
+        state: dict[str, Any] = {
+            "model": self.served_model().state_dict(),  # what every later stage loads
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "state": self.state.__dict__,
+            "rng": rng_state(),
+            "step": self.state.step,
+        }
+        if self.average is not None:
+            state["train_model"] = self.model.state_dict()  # the raw weights, to resume from
+            state["weight_average"] = self.average.state()
+        save_atomic(state, self.run_dir / name)
 
     def sharded_checkpoint(self, name: str) -> None:
         """The gathered weights as ``name`` (read by every later stage) and, for ``last``,
@@ -242,7 +256,21 @@ class Trainer:
                 f"{self.run_dir / LAST} was written by a torchrun run of {state.get('world_size')} processes; "
                 f"resume it under torchrun (its resumable state is {SHARDED_LAST}/)"
             )
-        self.model.load_state_dict(state["model"])
+        if self.average is None:
+            if "weight_average" in state:
+                raise UserError(
+                    f"{self.run_dir / LAST} holds a weight average (decay {state['weight_average']['decay']}); "
+                    "resume it with that trainer.ema_decay"
+                )
+            self.model.load_state_dict(state["model"])
+        else:
+            if "weight_average" not in state:
+                raise UserError(
+                    f"{self.run_dir / LAST} was saved without a weight average; resume it with trainer.ema_decay=0 "
+                    "(the setting it was trained with)"
+                )
+            self.model.load_state_dict(state["train_model"])
+            self.average.restore(state["model"], state["weight_average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.state = TrainState(**state["state"])
@@ -253,7 +281,7 @@ class Trainer:
     # ------------------------------------------------------------ validation
     def validate(self) -> dict[str, float]:
         if self.sharded is None:
-            return self.validate_model(self.model)
+            return self.validate_model(self.served_model())
         # Beam search looks tables up densely: rank 0 validates an unsharded copy.
         weights = self.sharded.full_state_dict()
         metrics = None
@@ -297,6 +325,8 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.clipped, self.cfg.trainer.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
+        if self.average is not None:
+            self.average.update(self.model)
         if self.cfg.moe.balancing == "loss_free":
             for layer in self.model.moe_layers():
                 # Every rank takes the same step: on the load summed over ranks.
