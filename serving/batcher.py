@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from serving.api import RecommendRequest, RecommendResponse
 from serving.backend import SessionBackend
+from serving.in_flight import InFlight
 from serving.metrics import ServingMetrics
 
 __all__ = ["BackendError", "BatcherClosedError", "DynamicBatcher", "QueueFullError"]
@@ -117,8 +118,7 @@ class DynamicBatcher:
         # None is a wake-up sentinel put by close(); it is never a request.
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=queue_size)
         self._collect_lock = threading.Lock()
-        self._busy_lock = threading.Lock()
-        self._busy = 0  # workers computing a batch now
+        self._busy = InFlight()  # workers computing a batch now
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running = False
@@ -209,8 +209,7 @@ class DynamicBatcher:
                     for pending in batch:
                         _fail(pending.future, exc)
                 finally:
-                    with self._busy_lock:
-                        self._busy -= 1
+                    self._busy.end()
 
     def _collect(self) -> list[_Pending]:
         try:
@@ -221,7 +220,7 @@ class DynamicBatcher:
             return []
         batch = [first]
         # Wait for company only while another worker computes (see the module docstring).
-        deadline = time.monotonic() + (self.max_wait_s if self._busy > 0 else 0.0)
+        deadline = time.monotonic() + (self.max_wait_s if self._busy.count > 0 else 0.0)
         while len(batch) < self.max_batch_size:
             remaining = deadline - time.monotonic()
             try:
@@ -234,8 +233,7 @@ class DynamicBatcher:
         # Drop requests whose caller gave up; mark the rest running so they can't be cancelled.
         batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
         if batch:
-            with self._busy_lock:  # still under the collect lock: the next collector sees it
-                self._busy += 1
+            self._busy.begin()  # still under the collect lock: the next collector sees it
         return batch
 
     def _run(self, batch: list[_Pending]) -> None:

@@ -42,7 +42,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from torch import Tensor
 from data_pipeline.cli import UserError
 from onerec.artefact import Artefact, load_artefact
 from serving.api import InvalidRequestError, RecommendRequest, RecommendResponse
+from serving.in_flight import InFlight
 
 __all__ = ["AUTO_ORDER", "RUNTIMES", "ArtefactBackend"]
 
@@ -127,46 +127,22 @@ class _AotiRuntime:
         self.max_history = artefact.max_history
         self.max_batch = max_batch
         self.fallback = _TorchScriptRuntime(artefact)
-        self.in_flight = _Counter()
+        self.in_flight = InFlight()
 
     def generate(
         self, history: Tensor, lengths: Tensor, features: Tensor, num_items: int, exclude: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         with self.in_flight as others:
-            return self._generate(history, lengths, features, num_items, exclude, others)
-
-    def _generate(
-        self, history: Tensor, lengths: Tensor, features: Tensor, num_items: int, exclude: Tensor | None, others: int
-    ) -> tuple[Tensor, Tensor]:
-        program = self.programs.get(num_items)
-        busy = self.max_batch > 0 and others > 0
-        if program is None or busy or 0 < self.max_batch < history.shape[0]:
-            return self.fallback.generate(history, lengths, features, num_items, exclude)
-        # The program was traced for histories within max_history (longer ones are cut first).
-        assert history.shape[1] <= self.max_history, "histories must be cut to max_history"
-        if exclude is None:  # a program has one signature: "nothing" is one -1 per row
-            exclude = torch.full((history.shape[0], 1), -1, dtype=torch.long)
-        items, scores = program(history, lengths, features, exclude)
-        return items, scores
-
-
-class _Counter:
-    """Calls in progress, shared by the server's worker threads: ``with counter as others``
-    counts this call in for the block and gives how many others were running when it began."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._count = 0
-
-    def __enter__(self) -> int:
-        with self._lock:
-            others = self._count
-            self._count += 1
-        return others
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._count -= 1
+            program = self.programs.get(num_items)
+            busy = self.max_batch > 0 and others > 0
+            if program is None or busy or 0 < self.max_batch < history.shape[0]:
+                return self.fallback.generate(history, lengths, features, num_items, exclude)
+            # The program was traced for histories within max_history (longer ones are cut first).
+            assert history.shape[1] <= self.max_history, "histories must be cut to max_history"
+            if exclude is None:  # a program has one signature: "nothing" is one -1 per row
+                exclude = torch.full((history.shape[0], 1), -1, dtype=torch.long)
+            items, scores = program(history, lengths, features, exclude)
+            return items, scores
 
 
 def resolve_runtime(runtime: str, artefact: Artefact) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,8 @@ from onerec.checkpoint import BEST, build_model, save_atomic, save_run_config, s
 from onerec.export import ExportConfig, export_run
 from serving import InvalidRequestError, RecommendRequest, RecommendResponse, ServeConfig, SessionBackend, build_app
 from serving.cli import ServeCommandConfig, server_config
-from serving.model_backend import ArtefactBackend, _AotiRuntime, _Counter
+from serving.in_flight import InFlight
+from serving.model_backend import ArtefactBackend, _AotiRuntime
 from tests.onerec.helpers import tiny_train_config
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("one_torch_thread")]
@@ -235,7 +235,7 @@ def test_aoti_runtime_sends_large_batches_and_other_lengths_to_torchscript() -> 
     fallback = SimpleNamespace(generate=recorder("torchscript"))
     runtime = _AotiRuntime.__new__(_AotiRuntime)  # the routing alone: no compiled program needed
     runtime.programs, runtime.max_history, runtime.max_batch, runtime.fallback = {5: recorder("aoti")}, 50, 1, fallback
-    runtime.in_flight = _Counter()
+    runtime.in_flight = InFlight()
     features = torch.zeros(3, 0, dtype=torch.long)
     for batch, num_items in [(1, 5), (3, 5), (1, 4)]:
         history = torch.zeros(batch, 10, dtype=torch.long)
@@ -254,27 +254,3 @@ def test_aoti_runtime_sends_large_batches_and_other_lengths_to_torchscript() -> 
         runtime.generate(*one)
     assert calls[-2:] == [("aoti", 3, 5), ("aoti", 1, 5)]
 
-
-def test_in_flight_counter_counts_other_calls_across_threads() -> None:
-    counter = _Counter()
-    entered, release = threading.Barrier(3), threading.Event()
-    seen: list[int] = []
-
-    def call() -> None:
-        with counter as others:
-            seen.append(others)
-            entered.wait()
-            release.wait()
-
-    threads = [threading.Thread(target=call) for _ in range(2)]
-    for t in threads:
-        t.start()
-    entered.wait()  # both calls are inside
-    with counter as others:
-        assert others == 2
-    release.set()
-    for t in threads:
-        t.join()
-    assert sorted(seen) == [0, 1]
-    with counter as others:
-        assert others == 0  # every exit counted out
