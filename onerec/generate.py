@@ -207,7 +207,7 @@ class SessionGenerator(nn.Module):
                     x, self_keys, self_values, memory_keys, memory_values, mask, rows_per_user, True
                 )
                 log_probs = self.level_log_probs(hidden[:, -1], level)  # (N, K_l)
-                if rows_per_user == 1:
+                if rows_per_user != k:
                     log_probs = log_probs.repeat_interleave(k, dim=0)  # the first step: (B, K_0) → (N, K_0)
                 if constrained:
                     width = self.max_children[level]

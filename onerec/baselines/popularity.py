@@ -33,6 +33,13 @@ def popularity_order(counts: np.ndarray) -> np.ndarray:
     return np.argsort(-np.asarray(counts), kind="stable")
 
 
+def _log_shares(counts: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``log(count / total)`` of the items in ``order`` (float32; -inf for never-consumed items)."""
+    share = counts[order] / max(int(counts.sum()), 1)
+    with np.errstate(divide="ignore"):
+        return np.log(share).astype(np.float32)
+
+
 def popularity_rankings(counts: np.ndarray, num_users: int, top_k: int = 10) -> Rankings:
     """The same top-``top_k`` list for each of ``num_users`` users.
 
@@ -45,9 +52,7 @@ def popularity_rankings(counts: np.ndarray, num_users: int, top_k: int = 10) -> 
         :class:`Rankings` with ``items [num_users, top_k]`` and scores ``log(count / total)``.
     """
     order = popularity_order(counts)[:top_k]
-    share = counts[order] / max(int(counts.sum()), 1)
-    with np.errstate(divide="ignore"):
-        log_share = np.log(share).astype(np.float32)
+    log_share = _log_shares(counts, order)
     items = np.full(top_k, -1, dtype=np.int64)
     scores = np.full(top_k, -np.inf, dtype=np.float32)
     items[: order.size], scores[: order.size] = order, log_share
@@ -69,9 +74,7 @@ def popularity_rankings_excluding(counts: np.ndarray, exclude: np.ndarray, top_k
     num_users, width = exclude.shape
     # Every user keeps at least top_k of the first top_k + E popular items.
     order = popularity_order(counts)[: top_k + width]
-    share = counts[order] / max(int(counts.sum()), 1)
-    with np.errstate(divide="ignore"):
-        log_share = np.log(share).astype(np.float32)
+    log_share = _log_shares(counts, order)
     banned = (order[None, :, None] == exclude[:, None, :]).any(-1)  # (U, top_k + E)
     # A stable sort of the banned flags moves each user's allowed items to the front in order.
     keep = np.argsort(banned, axis=1, kind="stable")[:, :top_k]
