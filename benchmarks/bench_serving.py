@@ -41,13 +41,13 @@ from benchmarks.load_generator import LoadReport, run_load
 
 #: Rows of the table: name -> (runtime, extra onerec-serve overrides). ``eager_unbatched`` is the
 #: naive server (one request per model call), for what dynamic batching itself buys. ``aoti``
-#: runs lone requests on AOTInductor and batches on TorchScript (conf/serve.yaml's
-#: ``aoti_max_batch``); ``aoti_all`` runs every batch on AOTInductor.
+#: runs every batch on AOTInductor (conf/serve.yaml's ``aoti_max_batch: 0``); ``aoti_lone``
+#: only lone requests, batches on TorchScript (``aoti_max_batch=1``).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "eager": ("eager", []),
     "torchscript": ("torchscript", []),
     "aoti": ("aoti", []),
-    "aoti_all": ("aoti", ["aoti_max_batch=0"]),
+    "aoti_lone": ("aoti", ["aoti_max_batch=1"]),
     "eager_unbatched": ("eager", ["max_batch_size=1"]),
 }
 HISTORY_LENGTH = 50

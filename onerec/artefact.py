@@ -206,18 +206,27 @@ class Artefact:
             module = torch.jit.load(str(self.path / MODEL_TS), map_location="cpu")
         return module.eval()
 
-    def load_aoti(self, num_items: int, num_runners: int = 1) -> Any:
+    def load_aoti(self, num_items: int, num_runners: int = 1, gil_free: bool = True) -> Any:
         """The AOTInductor program for sessions of ``num_items`` (a callable
         ``(history, lengths, user_features, exclude) -> (items, scores)``).
 
         Args:
             num_runners: programs that may run at once (one per serving thread).
+            gil_free: call the program through :mod:`onerec.aoti_runner`, which releases the
+                GIL while it computes (torch's loader keeps it); torch's loader is the
+                fallback for a package that needs more than the program's library.
         """
         if num_items not in self.aoti_num_items:
             raise ArtefactError(
                 f"{self.path}: no AOTInductor program for num_items={num_items} "
                 f"(compiled: {self.aoti_num_items or 'none'}); re-export with aoti_num_items=[...]"
             )
+        if gil_free:
+            from onerec.aoti_runner import load_gil_free
+
+            program = load_gil_free(self.path / MODEL_AOTI, f"m{num_items}", num_runners)
+            if program is not None:
+                return program
         from torch._inductor.package import load_package
 
         return load_package(str(self.path / MODEL_AOTI), model_name=f"m{num_items}", num_runners=num_runners)

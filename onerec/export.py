@@ -14,10 +14,11 @@ sessions of item indices and scores:
   loop exports; nothing is split into a hot part.
 
 Both serve the generator with :class:`DenseMoE` in place of the decoder's dropless MoE layers:
-the same maths (every expert runs on every token and the router's top-k weights, zero for the
-unchosen experts, mix them), as two dense matmuls without the data-dependent shapes of the
-sort-by-expert path, which neither ``torch.export`` (``grouped_mm`` has no CPU fp32 fake kernel;
-the loop needs ``.tolist()``) nor a fast TorchScript graph can take. The eager
+the same maths without the training layer's sort by expert, which ``torch.export`` cannot take
+(``grouped_mm`` has no CPU fp32 fake kernel; the loop needs ``.tolist()``). TorchScript runs
+every expert on every row below 32 rows (two dense matmuls, faster there) and each expert on
+its own rows from 32; the AOTInductor programs always run each expert on its own rows (found
+with ``nonzero``: data-dependent sizes that export keeps symbolic). The eager
 :class:`~onerec.generate.SessionGenerator` stays the reference: :func:`check_against_eager`
 (run by the export and by the tests) requires the same items and close scores.
 
@@ -67,6 +68,7 @@ __all__ = [
     "DenseMoE",
     "ExportConfig",
     "SessionProgram",
+    "aoti_generator",
     "check_against_eager",
     "compile_aoti",
     "export_program",
@@ -114,6 +116,9 @@ class ExportConfig:
 #: this many rows (a beam search step has batch × beam rows): about where the two paths
 #: break even (``benchmarks/bench_moe_inference.py``).
 TORCHSCRIPT_SPARSE_MIN_ROWS = 32
+#: The AOTInductor programs run each expert on its own rows at every size: compiled, that is
+#: faster than dense from 16 rows (one user's beam) on (``benchmarks/bench_moe_inference.py``).
+AOTI_SPARSE_MIN_ROWS = 1
 
 
 class DenseMoE(nn.Module):
@@ -123,33 +128,42 @@ class DenseMoE(nn.Module):
     weights and zeros elsewhere. Two ways to compute it, the same sum:
 
     - dense, ``(c ⊙ gelu(x W1^T)) W2`` over all experts at once: two matmuls (E / k times
-      the expert FLOPs of the dropless path), no sort, no data-dependent sizes. What
-      torch.export needs, and the faster way for a few rows.
-    - sorted, for ``T >= sparse_min_rows`` (TorchScript only; 0 = never): the trained
-      layer's own :class:`~onerec.modules.moe.DroplessExperts` (token-expert pairs sorted by
-      expert, one pair of matmuls per expert over its own rows; scripted, it takes its
-      per-expert loop): the dropless path's FLOPs, more ops. Scripted, one thread,
-      the ``small`` model's layer: 0.84x dense's speed at 16 rows, 0.96x at 32, 1.11x at 64,
-      1.6x at 256, 2.5x at 512 (``python -m benchmarks.bench_moe_inference``).
+      the expert FLOPs of the dropless path), no data-dependent sizes. The faster way for a
+      few rows in TorchScript.
+    - per expert, for ``T >= sparse_min_rows`` (0 = never, 1 = always): each expert's rows
+      found with ``nonzero``, gathered, run through its two matmuls and added back in
+      place (``index_add``): the dropless path's FLOPs, with no sort and no host sync, so
+      ``torch.export`` keeps each expert's row count as a data-dependent size and
+      AOTInductor compiles it. One thread, the ``small`` model's layer (``python -m
+      benchmarks.bench_moe_inference --rows 16 32 128 256 --aoti``): in TorchScript 0.65x
+      dense's speed at 16 rows, 0.79-0.99x at 32 (two runs), 1.16x at 128, 1.35x at 256;
+      in AOTInductor 1.20x at 16 rows, 1.34x at 32, 1.52x at 128, 1.60x at 256.
 
     Shares the layer's parameters; no load-balancing loss (0).
 
     Args:
         moe: the trained layer (``backend="torch"``).
-        sparse_min_rows: rows from which the sorted path runs (0: always dense).
+        sparse_min_rows: rows from which the per-expert path runs (0: always dense; 1:
+            always per expert, decided without reading the shape, as torch.export needs).
+        sigmoid_gelu: write the experts' GELU (tanh form) as ``x * sigmoid(2 u)``: the same
+            function (``tanh z = 2 sigmoid(2 z) - 1``; 5e-7 apart in float32), which Inductor
+            vectorises with ``exp`` instead of the much dearer ``tanh`` (a 256 x 256
+            activation under torch.compile, call overhead included: 118 vs 265 us, ``python
+            -m benchmarks.bench_compiled_forms``). For the compiled programs only: eager and
+            TorchScript would run more kernels.
     """
 
     bias: Optional[Tensor]
 
-    def __init__(self, moe: dMoE, sparse_min_rows: int = 0) -> None:
+    def __init__(self, moe: dMoE, sparse_min_rows: int = 0, sigmoid_gelu: bool = False) -> None:
         super().__init__()
+        self.sigmoid_gelu: bool = sigmoid_gelu
         self.router = moe.router
         self.num_experts: int = moe.num_experts
         self.top_k: int = int(moe.router.top_k)
         self.hidden_size: int = moe.hidden_size
         self.ffn_hidden_size: int = moe.experts.ffn_hidden_size
         self.sparse_min_rows: int = sparse_min_rows
-        self.experts = moe.experts
         self.w1 = moe.experts.mlp.w1  # (E * ffn, D)
         self.w2 = moe.experts.mlp.w2  # (E * ffn, D)
         self.bias = moe.experts.bias
@@ -158,31 +172,55 @@ class DenseMoE(nn.Module):
         """``x [..., D]`` → ``([..., D], 0)``."""
         in_shape = x.shape
         x2d = x.reshape(-1, self.hidden_size)  # (T, D)
-        t = x2d.shape[0]
         route = self.router(x2d)
         weights = route.expert_weights.to(x2d.dtype)  # (T, k)
-        # A plain int first: torch.export never sees the data-dependent branch.
-        if self.sparse_min_rows > 0 and t >= self.sparse_min_rows:
-            out, _ = self.experts(x2d, weights, route.expert_indices)  # bias included
+        # ``== 1`` is a plain int test: torch.export never sees a branch on the row count.
+        if self.sparse_min_rows == 1 or (self.sparse_min_rows > 1 and x2d.shape[0] >= self.sparse_min_rows):
+            out = self._per_expert(x2d, route.expert_indices, weights)
         else:
             out = self._dense(x2d, route.expert_indices, weights)
-            bias = self.bias
-            if bias is not None:
-                out = out + bias
+        bias = self.bias
+        if bias is not None:
+            out = out + bias
         return out.view(in_shape), torch.zeros((), dtype=torch.float32, device=x.device)
+
+    def _gelu(self, h: Tensor) -> Tensor:
+        """megablocks' GELU, the tanh approximation."""
+        if self.sigmoid_gelu:
+            return h * torch.sigmoid(1.5957691216057308 * (h + 0.044715 * h * h * h))  # 2 * sqrt(2 / pi)
+        return F.gelu(h, approximate="tanh")
 
     def _dense(self, x2d: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
         """``x2d [T, D]``, ``indices / weights [T, k]`` → ``[T, D]`` (every expert on every row)."""
         t = x2d.shape[0]
         combine = torch.zeros(t, self.num_experts, dtype=x2d.dtype, device=x2d.device)
         combine = combine.scatter(1, indices, weights)  # (T, E)
-        h = F.gelu(x2d @ self.w1.t(), approximate="tanh")  # (T, E * ffn): megablocks' GELU
+        h = self._gelu(x2d @ self.w1.t())  # (T, E * ffn)
         h = (h.view(t, self.num_experts, self.ffn_hidden_size) * combine[:, :, None]).view(t, -1)
         return h @ self.w2  # (T, D)
 
+    def _per_expert(self, x2d: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
+        """``x2d [T, D]``, ``indices / weights [T, k]`` → ``[T, D]`` (each expert on its own rows)."""
+        w1 = self.w1.view(self.num_experts, self.ffn_hidden_size, self.hidden_size)
+        w2 = self.w2.view(self.num_experts, self.ffn_hidden_size, self.hidden_size)
+        chosen = indices.reshape(-1)  # (T * k,) token-major
+        chosen_weight = weights.reshape(-1)
+        out = torch.zeros_like(x2d)
+        for e in range(self.num_experts):
+            pairs = torch.nonzero(chosen == e).squeeze(1)  # (n_e,): data-dependent
+            tokens = torch.div(pairs, self.top_k, rounding_mode="floor")
+            h = self._gelu(x2d.index_select(0, tokens) @ w1[e].t()) @ w2[e]  # (n_e, D)
+            out = out.index_add(0, tokens, h * chosen_weight.index_select(0, pairs)[:, None])
+        return out
+
 
 def serving_generator(
-    model: nn.Module, trie: SemanticIdTrie, item_codes: Tensor, sparse_min_rows: int = 0
+    model: nn.Module,
+    trie: SemanticIdTrie,
+    item_codes: Tensor,
+    sparse_min_rows: int = 0,
+    broadcast_cached: bool = False,
+    sigmoid_gelu: bool = False,
 ) -> SessionGenerator:
     """A frozen generator snapshot for export: eval mode, no gradients, :class:`DenseMoE` layers.
 
@@ -190,16 +228,27 @@ def serving_generator(
     fails under ``torch.inference_mode``.
 
     Args:
-        sparse_min_rows: see :class:`DenseMoE` (0 for torch.export).
+        sparse_min_rows: see :class:`DenseMoE` (0 or 1 for torch.export).
+        broadcast_cached: the decoding steps' self-attention as a broadcast product (see
+            :meth:`~onerec.modules.attention.MultiHeadAttention.attend_cached`; for Inductor).
+        sigmoid_gelu: see :class:`DenseMoE` (for Inductor).
     """
     generator = SessionGenerator.snapshot(model, trie, item_codes)
     for layer in generator.decoder.layers:
         if isinstance(layer.moe, dMoE):
-            layer.moe = DenseMoE(layer.moe, sparse_min_rows)
+            layer.moe = DenseMoE(layer.moe, sparse_min_rows, sigmoid_gelu)
+        layer.self_attn.broadcast_cached = broadcast_cached
     generator.eval()
     for parameter in generator.parameters():
         parameter.requires_grad_(False)
     return generator
+
+
+def aoti_generator(model: nn.Module, trie: SemanticIdTrie, item_codes: Tensor) -> SessionGenerator:
+    """The generator the AOTInductor programs compile: each expert on its own rows, the
+    decoding self-attention as a broadcast product, the GELU through ``sigmoid`` (the forms
+    Inductor compiles fastest)."""
+    return serving_generator(model, trie, item_codes, AOTI_SPARSE_MIN_ROWS, broadcast_cached=True, sigmoid_gelu=True)
 
 
 def eager_generator(model: nn.Module, trie: SemanticIdTrie, item_codes: Tensor) -> SessionGenerator:
@@ -478,7 +527,7 @@ def _write_programs(
         return runtimes, timings
 
     start = time.perf_counter()
-    generator = serving_generator(run.model, trie, codes)  # for torch.export: always dense
+    generator = aoti_generator(run.model, trie, codes)
     programs = {f"m{n}": export_program(generator, n, cfg.beam_size) for n in aoti_lengths}
     timings["export_s"] = round(time.perf_counter() - start, 2)
     log.info("torch.export of %s: %.1f s; AOTInductor compile next (minutes on a small CPU)", list(programs), timings["export_s"])

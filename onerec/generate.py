@@ -186,6 +186,9 @@ class SessionGenerator(nn.Module):
         # (b rows, not b * k) and its cache rows are copied to the beams when they split.
         self_keys, self_values = self.decoder.empty_cache(b, device, memory.dtype)
         rows_per_user = 1
+        # The cache row each beam continues, applied inside the next decoder step (where the
+        # reorder and the append are one copy once compiled); None before the first choice.
+        cache_rows: Optional[Tensor] = None
 
         # Only beam 0 is alive at the start, so the first expansion has no duplicates.
         scores = torch.full((b, k), -float("inf"), device=device)
@@ -204,7 +207,7 @@ class SessionGenerator(nn.Module):
         for j in range(num_items):
             for level in range(self.num_levels):
                 hidden, self_keys, self_values = self.decoder.step(
-                    x, self_keys, self_values, memory_keys, memory_values, mask, rows_per_user, True
+                    x, self_keys, self_values, memory_keys, memory_values, mask, rows_per_user, True, cache_rows
                 )
                 log_probs = self.level_log_probs(hidden[:, -1], level)  # (N, K_l)
                 if rows_per_user != k:
@@ -254,8 +257,6 @@ class SessionGenerator(nn.Module):
                 scores = top_scores.view(n)
                 # Cache rows of the chosen parents (after the first step: of their users).
                 cache_rows = parent if rows_per_user == k else torch.div(parent, k, rounding_mode="floor")
-                self_keys = [c.index_select(0, cache_rows) for c in self_keys]
-                self_values = [c.index_select(0, cache_rows) for c in self_values]
                 rows_per_user = k
                 items = items.index_select(0, parent)
                 codes = codes.index_select(0, parent)

@@ -27,9 +27,8 @@ class ServeCommandConfig(ServeConfig):
         runtime: ``auto`` (the runtime measured fastest, see serving.model_backend.AUTO_ORDER),
             ``aoti``, ``torchscript`` or ``eager``.
         threads: torch intra-op threads (0: torch's default, one per core).
-        aoti_max_batch: with the AOTInductor runtime, batches of more requests, and every
-            batch that starts while another is computing, run on TorchScript (0: never),
-            which computes on several worker threads at once.
+        aoti_max_batch: with the AOTInductor runtime, batches of more requests run on
+            TorchScript (0: never).
         verify: check every artefact file's sha256 at start-up.
     """
 

@@ -17,9 +17,10 @@ versions checked) and answers a batch of requests with **one** beam-search call 
    within a session because the beam is scored as a whole. A row whose every beam died (the
    exclusions left no legal session) gets the popularity answer too.
 
-Runtimes (``runtime=``): ``aoti`` (the torch.export + AOTInductor programs; a ``num_items``
-without a compiled program, batches of more than ``aoti_max_batch`` requests and batches
-that start while another is computing run on TorchScript), ``torchscript``, ``eager`` (the plain PyTorch
+Runtimes (``runtime=``): ``aoti`` (the torch.export + AOTInductor programs, called without
+the GIL so that worker threads compute side by side; a ``num_items`` without a compiled
+program, and batches of more than ``aoti_max_batch`` requests, run on TorchScript),
+``torchscript``, ``eager`` (the plain PyTorch
 generator rebuilt from the weights: the reference), and ``auto``: the first of
 :data:`AUTO_ORDER` the artefact holds. The order is what ``benchmarks/bench_serving.py``
 measured (README: serving latency).
@@ -52,6 +53,7 @@ import torch
 from torch import Tensor
 
 from data_pipeline.cli import UserError
+from onerec.aoti_runner import GilFreeProgram
 from onerec.artefact import Artefact, load_artefact
 from serving.api import InvalidRequestError, RecommendRequest, RecommendResponse
 from serving.in_flight import InFlight
@@ -63,9 +65,8 @@ log = logging.getLogger(__name__)
 RUNTIMES = ("aoti", "torchscript", "eager")
 #: ``runtime="auto"`` takes the first of these that the artefact holds: the order
 #: ``benchmarks/bench_serving.py`` measured (small model, history 50, beam 16, 5 items, idle
-#: 2-core CPU, README): at concurrency 1 p50 41 ms AOTInductor, 69 ms TorchScript, 108 ms
-#: eager; at concurrency 16, with ``aoti_max_batch=1`` sending batches, and any call made
-#: while another runs, to TorchScript, 80 requests/s (TorchScript alone 75, eager 45).
+#: 2-core CPU, README): at concurrency 1 p50 31 ms AOTInductor, 60 ms TorchScript, 101 ms
+#: eager; at concurrency 16, 96-104 requests/s AOTInductor, 72-76 TorchScript, 49-60 eager.
 AUTO_ORDER = ("aoti", "torchscript", "eager")
 
 
@@ -106,23 +107,24 @@ class _EagerRuntime:
 
 
 class _AotiRuntime:
-    """One compiled program per exported ``num_items``; other lengths, batches of more than
-    ``max_batch`` requests (0: no limit), and any call made while another model call is in
-    flight (when ``max_batch`` > 0) go to TorchScript.
+    """One compiled program per exported ``num_items``; other lengths, and batches of more
+    than ``max_batch`` requests (0: no limit), go to TorchScript.
 
-    Why: torch's AOTInductor binding keeps the GIL for the whole call (measured: a Python
-    thread barely runs while a program does), so AOTInductor calls never overlap with each
-    other, with TorchScript calls or with the HTTP event loop, while TorchScript releases the
-    GIL and the server's worker threads compute side by side. AOTInductor is the fastest for a
-    request alone on an idle server; under load, the batches are large, the workers busy, and
-    TorchScript serves more. So the choice is per call: AOTInductor only for a small batch
-    when no other call is running.
+    The programs are called through :mod:`onerec.aoti_runner`, which releases the GIL while
+    they compute, so the server's worker threads run them side by side (as they do
+    TorchScript). A package that only torch's own loader can call (it keeps the GIL for the
+    whole call: ``python -m benchmarks.gil_check``) would stall the other workers and the
+    event loop; for those, with ``max_batch`` > 0, a call made while another model call is in
+    flight goes to TorchScript too.
     """
 
     name = "aoti"
 
     def __init__(self, artefact: Artefact, num_runners: int, max_batch: int = 0) -> None:
         self.programs = {m: artefact.load_aoti(m, num_runners=num_runners) for m in artefact.aoti_num_items}
+        self.holds_gil = not all(isinstance(p, GilFreeProgram) for p in self.programs.values())
+        if self.holds_gil:
+            log.warning("%s: AOTInductor through torch's loader, which holds the GIL while it computes", artefact.path)
         self.num_catalogue_items = artefact.num_items
         self.max_history = artefact.max_history
         self.max_batch = max_batch
@@ -134,7 +136,7 @@ class _AotiRuntime:
     ) -> tuple[Tensor, Tensor]:
         with self.in_flight as others:
             program = self.programs.get(num_items)
-            busy = self.max_batch > 0 and others > 0
+            busy = self.holds_gil and self.max_batch > 0 and others > 0
             if program is None or busy or 0 < self.max_batch < history.shape[0]:
                 return self.fallback.generate(history, lengths, features, num_items, exclude)
             # The program was traced for histories within max_history (longer ones are cut first).
@@ -175,9 +177,8 @@ class ArtefactBackend:
         runtime: ``auto``, ``aoti``, ``torchscript`` or ``eager``.
         threads: torch intra-op threads for this process (0: leave torch's setting).
         num_runners: AOTInductor programs that may run at once (the server's worker threads).
-        aoti_max_batch: with ``runtime=aoti``, batches of more requests, and batches that
-            start while another model call is running, run on TorchScript (0: never; see
-            ``_AotiRuntime``).
+        aoti_max_batch: with ``runtime=aoti``, batches of more requests run on TorchScript
+            (0: never; see ``_AotiRuntime``).
         verify: check every file's sha256 on load (versions are always checked).
 
     Attributes:

@@ -25,6 +25,8 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = d_model // num_heads
         self.dropout = dropout
+        # Inference only (see attend_cached): set by onerec.export for the AOTInductor programs.
+        self.broadcast_cached: bool = False
         self.query = nn.Linear(d_model, d_model)
         self.key_value = nn.Linear(d_model, 2 * d_model)
         self.out = nn.Linear(d_model, d_model)
@@ -48,6 +50,31 @@ class MultiHeadAttention(nn.Module):
         q = self._split(self.query(x))
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        b, _, t, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+
+    def attend_cached(self, x: Tensor, keys: Tensor, values: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """Queries of a few new tokens, ``x [B, T, D]``, over a KV cache ``[B, H, S, Dh]``.
+
+        :meth:`attend`, or, with ``broadcast_cached``, the same attention written as a
+        broadcast product and sums (``[B, H, T, S, Dh]`` never materialised once compiled):
+        for one or two queries per row over a short cache, Inductor fuses that into a
+        couple of loops, about half the time of its SDPA kernel there (128 rows, 4 heads,
+        12 / 22 keys, torch.compile: 206 / 188 us vs 559 / 353 us, ``python -m
+        benchmarks.bench_compiled_forms``). Eager and TorchScript keep SDPA (they would
+        materialise the product).
+
+        Args:
+            mask: bool, broadcastable to ``[B, H, T, S]``; True = may attend.
+        """
+        if not self.broadcast_cached:
+            return self.attend(x, keys, values, mask, False)
+        q = self._split(self.query(x)) * (self.head_dim ** -0.5)  # (B, H, T, Dh)
+        scores = (q[:, :, :, None, :] * keys[:, :, None, :, :]).sum(-1)  # (B, H, T, S)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, -float("inf"))
+        weights = scores.softmax(-1)
+        y = (weights[:, :, :, :, None] * values[:, :, None, :, :]).sum(3)  # (B, H, T, Dh)
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 

@@ -54,18 +54,25 @@ class DecoderLayer(nn.Module):
         self_mask: Optional[Tensor],
         beams: int,
         last_only: bool = False,
+        cache_rows: Optional[Tensor] = None,
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """New tokens ``x [N, T, D]`` given cached keys/values ``[N, H, t, Dh]``.
+        """New tokens ``x [N, T, D]`` given cached keys/values ``[M, H, t, Dh]``.
 
         ``N = B * beams`` sequences whose memory ``[B, H, S, Dh]`` (mask ``[B, 1, 1, S]``) is
         shared by each group of ``beams`` consecutive rows. ``self_mask`` (bool, broadcastable
         to ``[N, H, T, t + T]``) is required when ``T > 1``: new token i sees the cache and new
-        tokens 0..i. Returns the new ``x`` and the caches grown to ``t + T``; with
-        ``last_only`` the new ``x`` is the last token's alone, ``[N, 1, D]`` (the others
-        still add their keys and values to the cache).
+        tokens 0..i. ``cache_rows [N]``: the cache row each sequence continues (a beam
+        search's reorder; None: row n, M = N). Returns the new ``x`` and the caches grown to
+        ``[N, H, t + T, Dh]``; with ``last_only`` the new ``x`` is the last token's alone,
+        ``[N, 1, D]`` (the others still add their keys and values to the cache).
         """
         h = self.self_norm(x)
         k, v = self.self_attn.project_kv(h)
+        if cache_rows is not None:
+            # Gathered here, feeding the concatenation alone: compiled, the reorder and the
+            # append become one copy of the cache per step instead of two.
+            self_k = self_k.index_select(0, cache_rows)
+            self_v = self_v.index_select(0, cache_rows)
         self_k = torch.cat([self_k, k], dim=2)
         self_v = torch.cat([self_v, v], dim=2)
         if last_only and x.shape[1] > 1:
@@ -74,7 +81,7 @@ class DecoderLayer(nn.Module):
             x = x[:, -1:]
             h = h[:, -1:]
             self_mask = None
-        x = x + self.self_attn.attend(h, self_k, self_v, self_mask, False)
+        x = x + self.self_attn.attend_cached(h, self_k, self_v, self_mask)
         h = self.cross_norm(x)
         x = x + self.cross_attn.attend_beams(h, memory_k, memory_v, memory_mask, beams)
         h, _ = self.moe(self.ffn_norm(x))
@@ -127,14 +134,17 @@ class SessionDecoder(nn.Module):
         memory_mask: Tensor,
         beams: int = 1,
         last_only: bool = False,
+        cache_rows: Optional[Tensor] = None,
     ) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
         """``T`` new tokens per sequence: ``x [N, T, D]`` → ``([N, T, D], grown caches)``.
 
-        Caches are ``[N, H, t, Dh]``; memory keys/values ``[N / beams, H, S, Dh]``, shared by
-        each group of ``beams`` consecutive sequences (see :meth:`DecoderLayer.step`).
-        ``last_only``: return the last token's output alone, ``[N, 1, D]`` (what a search
-        reads); the top layer then skips the other tokens' attention and experts, which
-        nothing reads (the lower layers still compute them: they feed the keys above).
+        Caches are ``[M, H, t, Dh]`` (M = N without ``cache_rows``); memory keys/values
+        ``[N / beams, H, S, Dh]``, shared by each group of ``beams`` consecutive sequences
+        (see :meth:`DecoderLayer.step`). ``last_only``: return the last token's output alone,
+        ``[N, 1, D]`` (what a search reads); the top layer then skips the other tokens'
+        attention and experts, which nothing reads (the lower layers still compute them: they
+        feed the keys above). ``cache_rows [N]``: the cache row each sequence continues (the
+        grown caches are ``[N, H, t + T, Dh]``).
         """
         new_tokens = x.shape[1]
         self_mask: Optional[Tensor] = None
@@ -149,7 +159,7 @@ class SessionDecoder(nn.Module):
         for layer in self.layers:
             x, k, v = layer.step(
                 x, self_keys[i], self_values[i], memory_keys[i], memory_values[i], memory_mask, self_mask, beams,
-                last_only and i == top,
+                last_only and i == top, cache_rows,
             )
             new_keys.append(k)
             new_values.append(v)

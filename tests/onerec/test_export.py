@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -17,10 +19,12 @@ import torch
 
 from data_pipeline.bundle import Bundle
 from data_pipeline.cli import UserError
+from onerec.aoti_runner import GilFreeProgram, load_gil_free
 from onerec.artefact import MANIFEST, ArtefactError, load_artefact
 from onerec.checkpoint import BEST, build_model, save_atomic, save_run_config, session_length_of
 from onerec.export import (
     DenseMoE,
+    aoti_generator,
     ExportConfig,
     check_against_eager,
     compile_aoti,
@@ -81,15 +85,16 @@ def _copy(artefact_dir: Path, tmp_path: Path) -> Path:
 # -- the inference MoE -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sparse_min_rows", [0, 1, 16, 100])
-def test_dense_moe_equals_the_dropless_layer(sparse_min_rows: int) -> None:
-    """Both inference paths (dense below sparse_min_rows, sorted per expert from it; 15 rows
-    here), eager and scripted, give the trained layer's output."""
+@pytest.mark.parametrize("sigmoid_gelu", [False, True])
+@pytest.mark.parametrize("sparse_min_rows", [0, 1, 15, 16])
+def test_dense_moe_equals_the_dropless_layer(sparse_min_rows: int, sigmoid_gelu: bool) -> None:
+    """Both inference paths (dense below sparse_min_rows, per expert from it; 15 rows here),
+    with either form of the GELU, eager and scripted, give the trained layer's output."""
     torch.manual_seed(0)
     layer = dMoE(MoEArguments(hidden_size=16, ffn_hidden_size=8, moe_num_experts=4, moe_top_k=2)).eval()
     torch.nn.init.normal_(layer.experts.bias)
     x = torch.randn(3, 5, 16)
-    inference = DenseMoE(layer, sparse_min_rows).eval()
+    inference = DenseMoE(layer, sparse_min_rows, sigmoid_gelu).eval()
     with torch.no_grad():
         expected, _ = layer(x)
         got, loss = inference(x)
@@ -97,6 +102,20 @@ def test_dense_moe_equals_the_dropless_layer(sparse_min_rows: int) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scripted, expected, rtol=1e-5, atol=1e-5)
     assert float(loss) == 0.0
+
+
+def test_per_expert_moe_with_an_idle_expert() -> None:
+    """An expert that no token chose gets zero rows (an empty gather and matmul), not an error."""
+    torch.manual_seed(1)
+    args = MoEArguments(hidden_size=16, ffn_hidden_size=8, moe_num_experts=4, moe_top_k=2, balancing="loss_free")
+    layer = dMoE(args).eval()
+    layer.router.selection_bias[3] = -1e9  # expert 3 is never among the top 2
+    x = torch.randn(7, 16)
+    with torch.no_grad():
+        expected, _ = layer(x)
+        got, _ = DenseMoE(layer, sparse_min_rows=1)(x)
+    assert int(layer.tokens_per_expert[3]) == 0 and int(layer.tokens_per_expert.sum()) == 14
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 # -- equivalence with eager --------------------------------------------------------------
@@ -129,26 +148,51 @@ def test_eager_runtime_of_the_artefact_equals_the_run(artefact_dir: Path, genera
 
 
 def test_aoti_program_equals_eager(tiny_bundle_dir: Path, tmp_path: Path) -> None:
-    """The one AOTInductor compile of the default suite: the smallest program (minutes of C++)."""
+    """The one AOTInductor compile of the default suite: the smallest program (minutes of C++),
+    with the forms the export compiles (per-expert MoE, broadcast self-attention), called through torch's loader and through the
+    GIL-free runner, one call at a time and from two threads at once."""
     from torch._inductor.package import load_package
 
     bundle = Bundle.open(tiny_bundle_dir)
     model = tiny_model(bundle, seed=5, decoder_layers=1).eval()  # one layer: a smaller program
     trie = SemanticIdTrie.from_codes(bundle.codes, bundle.codebook_sizes)
     codes = torch.as_tensor(bundle.codes)
-    reference, generator = eager_generator(model, trie, codes), serving_generator(model, trie, codes)
+    reference = eager_generator(model, trie, codes)
+    generator = aoti_generator(model, trie, codes)
     num_items, beam = 1, 4
     program = export_program(generator, num_items, beam)
     compile_aoti({"m1": program}, tmp_path / "model.pt2", options={"cpp.simdlen": 1})
-    compiled = load_package(str(tmp_path / "model.pt2"), model_name="m1")
-    check_against_eager(reference, compiled, num_items, beam, "model.pt2")
+    gil_free = load_gil_free(tmp_path / "model.pt2", "m1", num_runners=2)
+    assert isinstance(gil_free, GilFreeProgram)
+    for compiled in (load_package(str(tmp_path / "model.pt2"), model_name="m1"), gil_free):
+        check_against_eager(reference, compiled, num_items, beam, "model.pt2")
     # batch of one, history of one: the dynamic dimensions at their smallest
     history, lengths = torch.tensor([[7]]), torch.tensor([1])
     features = torch.zeros(1, 0, dtype=torch.long)
     exclude = torch.full((1, 1), -1, dtype=torch.long)  # nothing excluded
     with torch.no_grad():
         expected = reference.generate(history, lengths, features, num_items, beam, None, True)
-    assert same_sessions(*compiled(history, lengths, features, exclude), *expected) is None
+    assert same_sessions(*gil_free(history, lengths, features, exclude), *expected) is None
+    # Two threads calling at once (the server's workers): each gets its own answer.
+    inputs = [reference_histories(reference.num_items, 0, reference.max_history, seed=s) for s in (1, 2)]
+    with torch.no_grad():
+        wanted = [reference.generate(h, l, f, num_items, beam, None, True) for h, l, f in inputs]
+    none = [torch.full((h.shape[0], 1), -1, dtype=torch.long) for h, _, _ in inputs]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda i: [gil_free(*inputs[i], none[i]) for _ in range(5)], [0, 1]))
+    for i, runs in enumerate(answers):
+        for got in runs:
+            assert same_sessions(*got, *wanted[i]) is None
+
+
+def test_gil_free_loader_declines_a_package_with_more_than_its_library(tmp_path: Path) -> None:
+    """A program with a constants file (or a proxy-executor node file) is left to torch's loader."""
+    package = tmp_path / "model.pt2"
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("model/data/aotinductor/m1/abc.wrapper.so", b"not loaded")
+        archive.writestr("model/data/aotinductor/m1/abc.wrapper.json", b"{}")
+    assert load_gil_free(package, "m1") is None
+    assert load_gil_free(package, "m2") is None  # no such program
 
 
 @pytest.mark.slow

@@ -115,10 +115,23 @@ def test_item_lookup_from_codes(setup) -> None:
     assert (generator.item_of_codes(bogus).item() >= 0) == exists
 
 
-def test_decoder_step_reproduces_the_teacher_forced_pass(setup) -> None:
+@pytest.mark.parametrize("broadcast_cached", [False, True])
+def test_decoder_step_reproduces_the_teacher_forced_pass(setup, broadcast_cached: bool) -> None:
+    """Stepping with a KV cache gives the teacher-forced outputs, with the self-attention on
+    SDPA or as the broadcast product the AOTInductor programs compile."""
     bundle, model, _, generator, examples = setup
     _, builder = examples_and_builder(bundle, model, "test")
     batch = builder.from_examples(examples, np.arange(2))
+    for layer in model.decoder.layers:
+        layer.self_attn.broadcast_cached = broadcast_cached
+    try:
+        _check_steps(model, batch)
+    finally:
+        for layer in model.decoder.layers:
+            layer.self_attn.broadcast_cached = False
+
+
+def _check_steps(model, batch) -> None:
     with torch.no_grad():
         memory, mask = model.encode(batch)
         d = model.config.d_model
@@ -168,3 +181,26 @@ def test_beams_share_the_memory_of_their_user() -> None:
         unmasked, _, _ = decoder.step(x, keys, values, mk, mv, torch.ones_like(mask), beams)
     assert torch.allclose(unmasked[:beams], shared[:beams], atol=1e-6)
     assert not torch.allclose(unmasked[beams:], shared[beams:], atol=1e-4)
+
+
+def test_decoder_step_continues_the_cache_rows_it_is_given() -> None:
+    """``cache_rows`` (a beam search's reorder, done inside the next step) is the same as
+    reordering the caches first: here two of three sequences continue row 2, one row 0."""
+    torch.manual_seed(0)
+    decoder = SessionDecoder(16, 2, 2, MoEArguments(hidden_size=16, ffn_hidden_size=8, moe_num_experts=2, moe_top_k=1), 0.0).eval()
+    memory = torch.randn(3, 5, 16)
+    mask = key_padding_mask(torch.tensor([5, 4, 3]), 5)
+    with torch.no_grad():
+        mk, mv = decoder.memory_kv(memory)
+        keys, values = decoder.empty_cache(3, torch.device("cpu"), torch.float32)
+        _, keys, values = decoder.step(torch.randn(3, 2, 16), keys, values, mk, mv, mask)
+        rows = torch.tensor([2, 0, 2])
+        x = torch.randn(3, 1, 16)
+        inside, keys_inside, values_inside = decoder.step(x, keys, values, mk, mv, mask, 1, False, rows)
+        first = ([k.index_select(0, rows) for k in keys], [v.index_select(0, rows) for v in values])
+        outside, keys_outside, values_outside = decoder.step(x, first[0], first[1], mk, mv, mask)
+    torch.testing.assert_close(inside, outside)
+    for a, b in zip(keys_inside + values_inside, keys_outside + values_outside):
+        assert a.shape == (3, 2, 3, 8)
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(inside[0], inside[1])  # rows 2 and 0 really differ

@@ -222,7 +222,9 @@ def test_serve_config_composes(artefact_dir: Path) -> None:
 
 
 def test_aoti_runtime_sends_large_batches_and_other_lengths_to_torchscript() -> None:
-    """AOTInductor keeps the GIL, so only batches of at most ``max_batch`` requests use it."""
+    """Batches of more than ``max_batch`` requests and lengths without a program use
+    TorchScript; a program that holds the GIL also yields to TorchScript while another call
+    runs, a GIL-free one never does."""
     calls: list[tuple[str, int, int]] = []
 
     def recorder(name: str):
@@ -235,7 +237,7 @@ def test_aoti_runtime_sends_large_batches_and_other_lengths_to_torchscript() -> 
     fallback = SimpleNamespace(generate=recorder("torchscript"))
     runtime = _AotiRuntime.__new__(_AotiRuntime)  # the routing alone: no compiled program needed
     runtime.programs, runtime.max_history, runtime.max_batch, runtime.fallback = {5: recorder("aoti")}, 50, 1, fallback
-    runtime.in_flight = InFlight()
+    runtime.in_flight, runtime.holds_gil = InFlight(), True
     features = torch.zeros(3, 0, dtype=torch.long)
     for batch, num_items in [(1, 5), (3, 5), (1, 4)]:
         history = torch.zeros(batch, 10, dtype=torch.long)
@@ -248,9 +250,13 @@ def test_aoti_runtime_sends_large_batches_and_other_lengths_to_torchscript() -> 
         runtime.generate(*one)
     runtime.generate(*one)
     assert calls[-2:] == [("torchscript", 1, 5), ("aoti", 1, 5)]
+    runtime.holds_gil = False  # the GIL-free runner: busy or not, AOTInductor
+    with runtime.in_flight:
+        runtime.generate(*one)
+    assert calls[-1] == ("aoti", 1, 5)
     runtime.max_batch = 0  # no limit: every call of an exported length, busy or not
+    runtime.holds_gil = True
     runtime.generate(torch.zeros(3, 10, dtype=torch.long), torch.full((3,), 10), features, 5, None)
     with runtime.in_flight:
         runtime.generate(*one)
     assert calls[-2:] == [("aoti", 3, 5), ("aoti", 1, 5)]
-
