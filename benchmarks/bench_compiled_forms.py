@@ -27,27 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.bench_moe_inference import interleaved_medians
+from onerec.export import gelu_through_sigmoid
+from onerec.modules.moe import expert_activation
+from onerec.modules.attention import broadcast_attention
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-
-
-def broadcast(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
-    """What :meth:`~onerec.modules.attention.MultiHeadAttention.attend_cached` computes."""
-    scores = (q[:, :, :, None, :] * k[:, :, None, :, :]).sum(-1) * (q.shape[-1] ** -0.5)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, -float("inf"))
-    return (scores.softmax(-1)[..., None] * v[:, :, None, :, :]).sum(3)
-
-
-def gelu_tanh(x: Tensor) -> Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
-def gelu_sigmoid(x: Tensor) -> Tensor:
-    """What :class:`onerec.export.DenseMoE` computes with ``sigmoid_gelu``."""
-    return x * torch.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))
 
 
 def main() -> None:
@@ -57,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch._inductor.config.cpp.threads = 1  # as the AOTInductor programs (onerec.export.AOTI_OPTIONS)
     torch.manual_seed(0)
-    attention = {"sdpa": torch.compile(sdpa), "broadcast": torch.compile(broadcast)}
+    attention = {"sdpa": torch.compile(sdpa), "broadcast": torch.compile(broadcast_attention)}
     cases = {
         "self-attention, 1 query over 12 cached keys": ((128, 4, 1, 32), (128, 4, 12, 32), False),
         "self-attention, 1 query over 22 cached keys": ((128, 4, 1, 32), (128, 4, 22, 32), False),
@@ -76,7 +62,7 @@ def main() -> None:
             print(f"{name:<46} sdpa {us['sdpa']:6.0f} us  broadcast {us['broadcast']:6.0f} us  "
                   f"sdpa/broadcast {us['sdpa'] / us['broadcast']:.2f}", flush=True)
         x = torch.randn(256, 256) * 3
-        gelu = {"tanh": torch.compile(gelu_tanh), "sigmoid": torch.compile(gelu_sigmoid)}
+        gelu = {"tanh": torch.compile(expert_activation), "sigmoid": torch.compile(gelu_through_sigmoid)}
         gap = (gelu["tanh"](x) - gelu["sigmoid"](x)).abs().max().item()
         us = interleaved_medians({n: (lambda fn=fn: fn(x)) for n, fn in gelu.items()}, cli.repeats)
         print(f"{'expert GELU, 256 x 256':<46} tanh {us['tanh']:6.0f} us  sigmoid   {us['sigmoid']:6.0f} us  "

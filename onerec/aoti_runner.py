@@ -22,11 +22,10 @@ from __future__ import annotations
 import ctypes
 import shutil
 import tempfile
-import threading
 import weakref
 import zipfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -99,9 +98,6 @@ class GilFreeProgram:
         return tuple(torch._C._aoti.alloc_tensors_by_stealing_from_void_ptrs(outputs))
 
 
-_extract_lock = threading.Lock()
-
-
 def load_gil_free(package: Path, model_name: str, num_runners: int = 1) -> Optional[GilFreeProgram]:
     """The program ``model_name`` of the AOTInductor package ``package``, or ``None`` when it
     needs more than its ``.so`` (a constants file or a proxy-executor node file).
@@ -116,9 +112,8 @@ def load_gil_free(package: Path, model_name: str, num_runners: int = 1) -> Optio
         extras = [n for n in members if not n.endswith((".so", ".cpp", "_metadata.json"))]
         if len(libraries) != 1 or extras:
             return None
-        with _extract_lock:
-            folder = Path(tempfile.mkdtemp(prefix="onerec-aoti-"))
-            library = Path(archive.extract(libraries[0], folder))
+        folder = Path(tempfile.mkdtemp(prefix="onerec-aoti-"))  # a fresh folder per program
+        library = Path(archive.extract(libraries[0], folder))
     program = GilFreeProgram(library, num_runners, name=model_name)
     weakref.finalize(program, shutil.rmtree, folder, True)
     return program

@@ -50,6 +50,10 @@ class MultiHeadAttention(nn.Module):
         q = self._split(self.query(x))
         p = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+        return self._merge(y)
+
+    def _merge(self, y: Tensor) -> Tensor:
+        """Per-head outputs ``[B, H, T, Dh]`` → the output projection of their concatenation, ``[B, T, D]``."""
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
 
@@ -69,14 +73,7 @@ class MultiHeadAttention(nn.Module):
         """
         if not self.broadcast_cached:
             return self.attend(x, keys, values, mask, False)
-        q = self._split(self.query(x)) * (self.head_dim ** -0.5)  # (B, H, T, Dh)
-        scores = (q[:, :, :, None, :] * keys[:, :, None, :, :]).sum(-1)  # (B, H, T, S)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, -float("inf"))
-        weights = scores.softmax(-1)
-        y = (weights[:, :, :, :, None] * values[:, :, None, :, :]).sum(3)  # (B, H, T, Dh)
-        b, _, t, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, t, self.num_heads * self.head_dim))
+        return self._merge(broadcast_attention(self._split(self.query(x)), keys, values, mask))
 
     def attend_beams(self, x: Tensor, keys: Tensor, values: Tensor, mask: Optional[Tensor], beams: int) -> Tensor:
         """Queries of ``beams`` beams per source row over that row's keys, read once.
@@ -99,6 +96,21 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, source: Tensor, mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         keys, values = self.project_kv(source)
         return self.attend(x, keys, values, mask, is_causal)
+
+
+def broadcast_attention(q: Tensor, keys: Tensor, values: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """Scaled dot-product attention as a broadcast product and sums, for few queries.
+
+    ``q [B, H, T, Dh]`` over ``keys / values [B, H, S, Dh]`` → ``[B, H, T, Dh]``; ``mask``
+    bool, broadcastable to ``[B, H, T, S]``, True = may attend. The same values as
+    ``scaled_dot_product_attention``; see :meth:`MultiHeadAttention.attend_cached` for when.
+    """
+    q = q * (q.shape[-1] ** -0.5)
+    scores = (q[:, :, :, None, :] * keys[:, :, None, :, :]).sum(-1)  # (B, H, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, -float("inf"))
+    weights = scores.softmax(-1)
+    return (weights[:, :, :, :, None] * values[:, :, None, :, :]).sum(3)  # (B, H, T, Dh)
 
 
 def key_padding_mask(lengths: Tensor, max_len: int) -> Tensor:

@@ -51,6 +51,7 @@ __all__ = [
     "load_balancing_loss",
     "reference_moe_forward",
     "grouped_mm_supported",
+    "expert_activation",
 ]
 
 _BALANCING = ("aux_loss", "loss_free")
@@ -255,7 +256,7 @@ class ExpertWeights(nn.Module):
         self.w2 = nn.Parameter(torch.empty(rows, args.hidden_size))
 
 
-def _expert_activation(h: torch.Tensor) -> torch.Tensor:
+def expert_activation(h: torch.Tensor) -> torch.Tensor:
     # megablocks' DEFAULT_ACTIVATION_FN is the tanh approximation of GELU; using the same
     # one is what makes outputs match on the same weights.
     return F.gelu(h, approximate="tanh")
@@ -275,7 +276,7 @@ def _grouped_expert_ffn(
         (N, hidden).
     """
     h = F.grouped_mm(x_sorted, w1.transpose(1, 2), offs=offsets)  # (N, ffn)
-    return F.grouped_mm(_expert_activation(h), w2, offs=offsets)  # (N, hidden)
+    return F.grouped_mm(expert_activation(h), w2, offs=offsets)  # (N, hidden)
 
 
 @functools.lru_cache(maxsize=None)
@@ -362,7 +363,7 @@ class DroplessExperts(nn.Module):
         for e in range(self.num_experts):
             n = counts[e]
             if n > 0:
-                h = _expert_activation(x_sorted[start : start + n] @ w1[e].t())  # (n, ffn)
+                h = expert_activation(x_sorted[start : start + n] @ w1[e].t())  # (n, ffn)
                 chunks.append(h @ w2[e])  # (n, hidden)
             start += n
         return torch.cat(chunks, dim=0)
