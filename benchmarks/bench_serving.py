@@ -42,12 +42,14 @@ from benchmarks.load_generator import LoadReport, run_load
 #: Rows of the table: name -> (runtime, extra onerec-serve overrides). ``eager_unbatched`` is the
 #: naive server (one request per model call), for what dynamic batching itself buys. ``aoti``
 #: runs every batch on AOTInductor (conf/serve.yaml's ``aoti_max_batch: 0``); ``aoti_lone``
-#: only lone requests, batches on TorchScript (``aoti_max_batch=1``).
+#: only lone requests, batches on TorchScript (``aoti_max_batch=1``); ``aoti_malloc_default``
+#: leaves glibc's malloc thresholds at their defaults (``malloc_keep_mb=0``).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "eager": ("eager", []),
     "torchscript": ("torchscript", []),
     "aoti": ("aoti", []),
     "aoti_lone": ("aoti", ["aoti_max_batch=1"]),
+    "aoti_malloc_default": ("aoti", ["malloc_keep_mb=0"]),
     "eager_unbatched": ("eager", ["max_batch_size=1"]),
 }
 HISTORY_LENGTH = 50

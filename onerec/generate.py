@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from onerec.modules.attention import key_padding_mask
-from onerec.trie import SemanticIdTrie
+from onerec.trie import SemanticIdTrie, banned_below
 
 
 
@@ -75,6 +75,7 @@ class SessionGenerator(nn.Module):
         self.register_buffer("item_of_key", trie.item_of_key.clone())
         self.register_buffer("radix", trie.radix.clone())
         self.register_buffer("item_nodes", trie.item_nodes.clone())
+        self.register_buffer("item_edges", trie.item_edges.clone())
         self.register_buffer("subtree_size", trie.subtree_size.clone())
         self.history_position = model.history_position
         self.session_position = model.session_position
@@ -238,15 +239,17 @@ class SessionGenerator(nn.Module):
                 # Items this beam may not emit: its session so far and the caller's list.
                 banned = torch.cat([items[:, :j], excluded_outside], dim=1)  # (N, X)
                 if banned.shape[1] > 0:
-                    if last:
+                    if constrained:
+                        # A candidate is closed when every item below it is banned (at the
+                        # last level: when it is a banned item).
+                        below = banned_below(banned, node, level, width, self.item_nodes, self.item_edges, self.node_start)
+                        if last:
+                            valid = valid & (below == 0)
+                        else:
+                            valid = valid & (below < self.subtree_size[cand_next.clamp(min=0)])
+                    elif last:
                         hits = (cand_next[:, :, None] == banned[:, None, :]) & (banned[:, None, :] >= 0)
                         valid = valid & ~hits.any(-1)
-                    elif constrained:
-                        # A prefix is closed when every item below it is banned.
-                        ancestors = self.item_nodes[banned.clamp(min=0), level + 1]
-                        ancestors = torch.where(banned >= 0, ancestors, torch.full_like(ancestors, -1))
-                        count = ((cand_next[:, :, None] == ancestors[:, None, :]).sum(-1))
-                        valid = valid & (count < self.subtree_size[cand_next.clamp(min=0)])
                 cand_lp = torch.where(valid, cand_lp, torch.full_like(cand_lp, -float("inf")))
                 total = (scores[:, None] + cand_lp).view(b, k * width)
                 top_scores, top_index = torch.topk(total, k, dim=1)

@@ -34,6 +34,8 @@ class SemanticIdTrie:
             decoding may emit tuples that are no item).
         radix: ``[L]`` multipliers of the mixed-radix key.
         item_nodes: ``[num_items, L]`` the node of each item's prefix at depth 0..L-1.
+        item_edges: ``[num_items, L]`` the edge each item takes out of those nodes (its
+            slot among a node's candidates is ``item_edges - node_start``).
         subtree_size: ``[num_nodes]`` items below each node; with ``item_nodes`` the
             search can tell when every item below a prefix is excluded and never walk
             into it (a beam that did would die at the leaf).
@@ -48,6 +50,7 @@ class SemanticIdTrie:
     item_of_key: torch.Tensor
     radix: torch.Tensor
     item_nodes: torch.Tensor
+    item_edges: torch.Tensor
     subtree_size: torch.Tensor
 
     @classmethod
@@ -90,6 +93,10 @@ class SemanticIdTrie:
         max_children = [int(count[np.unique(p)].max()) for p in parents]
         key_order = np.argsort(keys)
         item_nodes = np.stack(prefix_ids, axis=1)  # (num_items, L)
+        # Edges are sorted by (parent, code) and unique in it, so one sorted key finds them.
+        code_span = int(codes.max()) + 1
+        edge_key = parent * code_span + edge_code
+        item_edges = np.searchsorted(edge_key, item_nodes * code_span + codes)  # (num_items, L)
         subtree_size = np.bincount(item_nodes.ravel(), minlength=num_nodes)
         return cls(
             node_start=torch.from_numpy(start),
@@ -101,6 +108,7 @@ class SemanticIdTrie:
             item_of_key=torch.from_numpy(key_order.astype(np.int64)),
             radix=torch.from_numpy(radix),
             item_nodes=torch.from_numpy(item_nodes),
+            item_edges=torch.from_numpy(item_edges.astype(np.int64)),
             subtree_size=torch.from_numpy(subtree_size.astype(np.int64)),
         )
 
@@ -118,3 +126,30 @@ class SemanticIdTrie:
     def _edges(self, node: int) -> List[tuple[int, int]]:
         start, count = int(self.node_start[node]), int(self.node_count[node])
         return list(zip(self.edge_code[start : start + count].tolist(), self.edge_next[start : start + count].tolist()))
+
+
+def banned_below(
+    banned: torch.Tensor, node: torch.Tensor, level: int, width: int,
+    item_nodes: torch.Tensor, item_edges: torch.Tensor, node_start: torch.Tensor,
+) -> torch.Tensor:
+    """Banned items below each candidate of each beam: ``[N, width]`` counts.
+
+    Args:
+        banned: ``[N, X]`` item indices per beam, -1 = padding, no repeats in a row.
+        node: ``[N]`` each beam's node at depth ``level`` (-1: a dead beam, counts 0).
+        width: candidate slots per beam (``max_children[level]``); slot ``s`` of a beam is
+            the edge ``node_start[node] + s``.
+        item_nodes / item_edges / node_start: the trie's tables.
+
+    Each banned item under a beam's node adds one to the slot of the edge it takes from
+    there: a scatter over ``N * X`` entries rather than a comparison of every candidate
+    with every banned item (``N * width * X``, the larger by far at the root, whose
+    ``width`` is the whole first codebook).
+    """
+    known = banned.clamp(min=0)
+    under = (banned >= 0) & (item_nodes[known, level] == node[:, None])
+    slot = item_edges[known, level] - node_start[node.clamp(min=0)][:, None]
+    # Items under other nodes land in a spare column, cut off below.
+    slot = torch.where(under, slot, torch.full_like(slot, width))
+    counts = torch.zeros((banned.shape[0], width + 1), dtype=torch.long, device=banned.device)
+    return counts.scatter_add(1, slot, torch.ones_like(slot))[:, :width]
