@@ -25,8 +25,7 @@ import sys
 import threading
 import time
 
-HISTORY = 50
-SESSION_ITEMS = 5
+from benchmarks.bench_runtime_batch import SESSION_ITEMS, random_histories
 
 
 def measure(artefact: str, runtime: str, batch: int, calls: int, workers: int, keep_mb: int) -> dict[str, float]:
@@ -42,10 +41,7 @@ def measure(artefact: str, runtime: str, batch: int, calls: int, workers: int, k
     torch.set_num_threads(1)
     art = load_artefact(artefact)
     model = _AotiRuntime(art, workers) if runtime == "aoti" else _TorchScriptRuntime(art)
-    gen = torch.Generator().manual_seed(batch)
-    history = torch.randint(0, art.num_items, (batch, HISTORY), generator=gen)
-    lengths = torch.full((batch,), HISTORY)
-    features = torch.zeros((batch, 0), dtype=torch.long)
+    history, lengths, features = random_histories(art.num_items, batch, seed=batch)
     warm = threading.Barrier(workers + 1)
     go = threading.Barrier(workers + 1)
     seconds: list[float] = []

@@ -31,6 +31,13 @@ HISTORY = 50
 SESSION_ITEMS = 5
 
 
+def random_histories(num_items: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``batch`` full histories of ``HISTORY`` random items of a catalogue of ``num_items``:
+    ``history [B, HISTORY]``, ``lengths [B]`` and no user features, ``[B, 0]``."""
+    history = torch.randint(0, num_items, (batch, HISTORY), generator=torch.Generator().manual_seed(seed))
+    return history, torch.full((batch,), HISTORY), torch.zeros((batch, 0), dtype=torch.long)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--artefact", default="bench_out/serving/artefact")
@@ -52,10 +59,7 @@ def main() -> None:
         print(f"{label or 'artefact '}{path}: beam {art.beam_size}, threads {cli.threads}, "
               f"history {HISTORY}, {SESSION_ITEMS} items")
     for b in cli.batches:
-        gen = torch.Generator().manual_seed(b)
-        history = torch.randint(0, num_items, (b, HISTORY), generator=gen)
-        lengths = torch.full((b,), HISTORY)
-        features = torch.zeros((b, 0), dtype=torch.long)
+        history, lengths, features = random_histories(num_items, b, seed=b)
         samples: dict[str, list[float]] = {name: [] for name in runtimes}
         with torch.no_grad():
             for runtime in runtimes.values():

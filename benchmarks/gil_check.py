@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from benchmarks.bench_runtime_batch import random_histories
 from onerec.artefact import load_artefact
 from serving.model_backend import _TorchScriptRuntime
 
@@ -63,9 +64,7 @@ def main() -> None:
     cli = parser.parse_args()
     torch.set_num_threads(1)
     art = load_artefact(cli.artefact)
-    history = torch.randint(0, art.num_items, (cli.batch, 50), generator=torch.Generator().manual_seed(0))
-    lengths = torch.full((cli.batch,), 50)
-    features = torch.zeros((cli.batch, 0), dtype=torch.long)
+    history, lengths, features = random_histories(art.num_items, cli.batch, seed=0)
     _, idle_rate = count_while(lambda: time.sleep(0.2))
     print(f"batch {cli.batch}; main-thread loop with no model call running: {idle_rate:,.0f} iterations/ms")
     exclude = torch.full((cli.batch, 1), -1, dtype=torch.long)

@@ -36,9 +36,9 @@ class SemanticIdTrie:
         item_nodes: ``[num_items, L]`` the node of each item's prefix at depth 0..L-1.
         item_edges: ``[num_items, L]`` the edge each item takes out of those nodes (its
             slot among a node's candidates is ``item_edges - node_start``).
-        subtree_size: ``[num_nodes]`` items below each node; with ``item_nodes`` the
-            search can tell when every item below a prefix is excluded and never walk
-            into it (a beam that did would die at the leaf).
+        subtree_size: ``[num_nodes]`` items below each node; with :func:`banned_below`
+            the search can tell when every item below a prefix is excluded and never
+            walk into it (a beam that did would die at the leaf).
     """
 
     node_start: torch.Tensor
